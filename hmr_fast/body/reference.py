@@ -1,0 +1,160 @@
+"""The SMPL math in plain torch: the reference backend, and the twin the Triton kernels are held to.
+
+Each function is one step of SMPL (Loper et al. 2015) as smplx's `lbs.py` names them, in the
+cheaper forms DESIGN.md lists:
+- joints are linear in the betas, so the rest joints never touch the vertices;
+- transforms are 3x4 (rotation, translation), never homogeneous 4x4;
+- the kinematic chain runs level by level over Python-int parents (SMPL's tree has 9 levels),
+  so nothing reads an index back from the device;
+- shape and pose blend shapes are one GEMM over [betas, pose features];
+- joint sets regress from only the vertices in their support, so a joints-only forward
+  (the training case) poses a few hundred vertices instead of 6890.
+Everything is differentiable, in float32 and float64.
+"""
+from __future__ import annotations
+
+import torch
+
+# Below this squared angle, sin(t)/t and (1 - cos t)/t^2 come from their Taylor series: the
+# closed forms lose all precision there, and their gradients are 0/0 at exactly zero.
+_SMALL_ANGLE_SQ = 1e-6
+
+
+def rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
+    """Axis-angle (..., 3) -> rotation matrices (..., 3, 3): R = I + a K + b K^2.
+
+    K is the cross-product matrix of the (unnormalised) axis-angle vector, a = sin(t)/t,
+    b = (1 - cos t)/t^2. Exact, with finite gradients, at t = 0 and near pi.
+    """
+    theta_sq = (axis_angle * axis_angle).sum(-1, keepdim=True)
+    small = theta_sq < _SMALL_ANGLE_SQ
+    safe_sq = torch.where(small, torch.ones_like(theta_sq), theta_sq)
+    theta = safe_sq.sqrt()
+    a = torch.where(small, 1 - theta_sq / 6 + theta_sq**2 / 120, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta_sq / 24 + theta_sq**2 / 720, (1 - torch.cos(theta)) / safe_sq)
+    x, y, z = axis_angle.unbind(-1)
+    zero = torch.zeros_like(x)
+    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).unflatten(-1, (3, 3))
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device)
+    return eye + a[..., None] * K + b[..., None] * (K @ K)
+
+
+def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
+    """SPIN's 6D rotation (..., 6) -> rotation matrices (..., 3, 3), by Gram-Schmidt.
+
+    The 6 numbers are the first two columns of the matrix, interleaved as a (3, 2) block.
+    """
+    cols = x.unflatten(-1, (3, 2))
+    a1, a2 = cols[..., 0], cols[..., 1]
+    b1 = torch.nn.functional.normalize(a1, dim=-1)
+    b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.linalg.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
+    """(B, 24, 3, 3) -> (B, 207): R - I of the 23 non-root joints, SMPL's pose-corrective input."""
+    eye = torch.eye(3, dtype=rot_mats.dtype, device=rot_mats.device)
+    return (rot_mats[:, 1:] - eye).flatten(1)
+
+
+def blend_shapes(betas, pose_feats, template, blend_dirs):
+    """Rest-pose vertices with shape and pose correctives: template + [betas, pose] @ dirs.
+
+    template (N, 3); blend_dirs (NB + 207, N * 3) stacks shapedirs over posedirs, so both
+    blend shapes are one GEMM. Returns (B, N, 3).
+    """
+    coeffs = torch.cat([betas, pose_feats], dim=1)
+    return template + (coeffs @ blend_dirs).view(coeffs.shape[0], -1, 3)
+
+
+def rest_joints(betas, J_template, J_shapedirs):
+    """Rest joints (B, 24, 3) = J_template + betas @ J_shapedirs: joints are linear in betas."""
+    return J_template + (betas @ J_shapedirs).view(betas.shape[0], -1, 3)
+
+
+def kinematic_chain(rot_mats, joints, parents, levels):
+    """Global joint transforms, walking SMPL's tree one level at a time.
+
+    rot_mats (B, 24, 3, 3) local rotations; joints (B, 24, 3) rest joints; parents a tuple
+    of ints; levels a tuple of tuples of joint indices, root level first (`tree_levels`).
+    Returns (global rotations (B, 24, 3, 3), global translations = posed joints (B, 24, 3)).
+    """
+    rot = [None] * len(parents)
+    trans = [None] * len(parents)
+    rot[0], trans[0] = rot_mats[:, 0], joints[:, 0]
+    for level in levels[1:]:
+        kids = list(level)
+        pars = [parents[j] for j in kids]
+        parent_rot = torch.stack([rot[p] for p in pars], dim=1)
+        parent_trans = torch.stack([trans[p] for p in pars], dim=1)
+        bone = joints[:, kids] - joints[:, pars]
+        level_rot = parent_rot @ rot_mats[:, kids]
+        level_trans = parent_trans + (parent_rot @ bone.unsqueeze(-1)).squeeze(-1)
+        for i, j in enumerate(kids):
+            rot[j], trans[j] = level_rot[:, i], level_trans[:, i]
+    return torch.stack(rot, dim=1), torch.stack(trans, dim=1)
+
+
+def skinning_transforms(global_rot, global_trans, joints):
+    """The 3x4 transforms (B, 24, 12) that take rest-pose points to posed points.
+
+    A_j = [G_j | t_j - G_j J_j]: rotate about the rest joint, then move to the posed joint.
+    """
+    offset = global_trans - (global_rot @ joints.unsqueeze(-1)).squeeze(-1)
+    return torch.cat([global_rot, offset.unsqueeze(-1)], dim=-1).flatten(2)
+
+
+def skin(v_posed, transforms, weights):
+    """Linear blend skinning with 3x4 transforms.
+
+    v_posed (B, N, 3); transforms (B, 24, 12); weights (N, 24). The blended transform per
+    vertex is one GEMM over all samples at once; nothing is 4x4 or homogeneous.
+    """
+    B, J = transforms.shape[:2]
+    blended = (weights @ transforms.transpose(0, 1).reshape(J, B * 12)).view(-1, B, 3, 4)
+    blended = blended.transpose(0, 1)  # (B, N, 3, 4)
+    return (blended[..., :3] @ v_posed.unsqueeze(-1)).squeeze(-1) + blended[..., 3]
+
+
+def regress_joints(posed_joints, support_vertices, chain_index, vertex_regressor):
+    """Output joints of a joint set (B, J, 3).
+
+    Row j is the posed SMPL joint chain_index[j] when that is >= 0, and otherwise the
+    regressor row j applied to the posed support vertices (B, S, 3); vertex_regressor is
+    (J, S) and zero on chain rows.
+    """
+    from_vertices = vertex_regressor @ support_vertices
+    from_chain = posed_joints[:, chain_index.clamp(min=0)]
+    return torch.where((chain_index >= 0)[None, :, None], from_chain, from_vertices)
+
+
+def project_weak_perspective(points: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """HMR's camera: x2d = s * (X[:, :2] + [tx, ty]); points (B, J, 3), cam (B, 3) = (s, tx, ty)."""
+    return cam[:, None, :1] * (points[..., :2] + cam[:, None, 1:])
+
+
+def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: str):
+    """The whole SMPL forward on `layer`'s buffers (see hmr_fast.body.smpl.SMPL).
+
+    rot_mats (B, 24, 3, 3). Returns (vertices (B, V, 3) or None, joints (B, J, 3)).
+    With return_verts=False only the joint set's support vertices are posed.
+    """
+    js = layer.joint_set_tensors(joint_set)
+    joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
+    global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
+    transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
+    feats = pose_features(rot_mats)
+    if return_verts:
+        v_posed = blend_shapes(betas, feats, layer.v_template, layer.blend_dirs)
+        vertices = skin(v_posed, transforms, layer.lbs_weights)
+        support = vertices[:, js.support]
+    else:
+        vertices = None
+        v_posed = blend_shapes(betas, feats, js.template, js.blend_dirs)
+        support = skin(v_posed, transforms, js.weights)
+    joints = regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
+    if transl is not None:
+        joints = joints + transl[:, None]
+        vertices = vertices + transl[:, None] if vertices is not None else None
+    return vertices, joints

@@ -1,0 +1,226 @@
+"""`hmr_fast.SMPL`: a drop-in for smplx's SMPL layer, with a reference and a Triton backend."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import reference
+from .joint_sets import JOINT_SET_SIZES, joint_set_rows
+from .model_data import NUM_JOINTS, NUM_POSE_FEATURES, SMPLModelData
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+@dataclass
+class SMPLOutput:
+    """What a forward returns; field names follow smplx's SMPLOutput."""
+
+    vertices: Optional[torch.Tensor]  # (B, V, 3), None when return_verts=False
+    joints: torch.Tensor  # (B, J, 3) in the joint set's order
+    full_pose: torch.Tensor  # (B, 72) axis-angle, or (B, 24, 3, 3) when pose2rot=False
+    betas: torch.Tensor  # (B, NB)
+    global_orient: torch.Tensor
+    body_pose: torch.Tensor
+    transl: Optional[torch.Tensor]
+    rot_mats: torch.Tensor  # (B, 24, 3, 3) per-joint local rotations
+
+
+def tree_levels(parents) -> tuple:
+    """Joints grouped by depth in the kinematic tree, root first (SMPL has 9 levels)."""
+    depth = [0] * len(parents)
+    for j in range(1, len(parents)):
+        depth[j] = depth[parents[j]] + 1
+    return tuple(tuple(j for j in range(len(parents)) if depth[j] == d) for d in range(max(depth) + 1))
+
+
+class JointSetTensors(nn.Module):
+    """Buffers of one joint set, restricted to the vertices its regressor reads (the support)."""
+
+    def __init__(self, chain_index, regressor, layer_arrays, dtype):
+        super().__init__()
+        support = np.flatnonzero(np.abs(regressor).sum(0) > 0)
+        v_template, blend_dirs, weights = layer_arrays
+        dirs = blend_dirs.reshape(blend_dirs.shape[0], -1, 3)[:, support].reshape(blend_dirs.shape[0], -1)
+        self.register_buffer("chain_index", torch.as_tensor(chain_index))
+        self.register_buffer("support", torch.as_tensor(support, dtype=torch.int64))
+        self.register_buffer("vertex_regressor", torch.as_tensor(regressor[:, support], dtype=dtype))
+        self.register_buffer("template", torch.as_tensor(v_template[support], dtype=dtype))
+        self.register_buffer("blend_dirs", torch.as_tensor(dirs, dtype=dtype))
+        self.register_buffer("weights", torch.as_tensor(weights[support], dtype=dtype))
+
+
+class SMPL(nn.Module):
+    """The SMPL body model (Loper et al. 2015).
+
+    model_path: an official SMPL .pkl, a smplx-style .npz, a folder in smplx's layout
+    (DIR/smpl/SMPL_NEUTRAL.pkl), or an SMPLModelData; None uses the built-in mannequin.
+    backend: "reference" (pure torch), "triton" (fused kernels; CUDA, or the CPU under
+    TRITON_INTERPRET=1) or "auto" (triton for CUDA inputs when it is usable, else reference).
+    joint_set: the default `joints` returned ("smplx45" like smplx; see joint_sets.py).
+    check_finite: raise on NaN/Inf inputs; None checks CPU inputs only (on a GPU the check
+    costs a host sync, so it is opt-in there).
+    """
+
+    def __init__(self, model_path=None, gender: str = "neutral", backend: str = "auto",
+                 dtype: torch.dtype = torch.float32, joint_set: str = "smplx45",
+                 num_betas: Optional[int] = None, check_finite: Optional[bool] = None):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        data = _load(model_path, gender)
+        self.backend = backend
+        self.check_finite = check_finite
+        self.model_source = data.source
+        self.num_betas = data.num_betas if num_betas is None else int(num_betas)
+        if not 0 < self.num_betas <= data.num_betas:
+            raise ValueError(f"num_betas must be in 1..{data.num_betas} for this model, got {num_betas}")
+        self.parents = tuple(int(p) for p in data.parents)
+        self.levels = tree_levels(self.parents)
+        self.faces = data.faces.astype(np.int64)
+        self.default_joint_set = joint_set
+        self._extra_regressors = data.extra_regressors
+
+        shapedirs = data.shapedirs[:, :, : self.num_betas]
+        V = data.num_vertices
+        # [shapedirs; posedirs] as one (NB + 207, V * 3) matrix: both blend shapes in one GEMM.
+        blend_dirs = np.concatenate([shapedirs.reshape(V * 3, -1).T, data.posedirs.reshape(V * 3, -1).T])
+        as_t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
+        self.register_buffer("v_template", as_t(data.v_template))
+        self.register_buffer("blend_dirs", as_t(blend_dirs))
+        self.register_buffer("lbs_weights", as_t(data.weights))
+        self.register_buffer("J_template", as_t(data.J_regressor @ data.v_template))
+        J_shapedirs = np.einsum("jv,vcb->bjc", data.J_regressor, shapedirs).reshape(self.num_betas, -1)
+        self.register_buffer("J_shapedirs", as_t(J_shapedirs))
+        # Skinning weights as K (index, weight) pairs per vertex, K measured here (4 for SMPL).
+        nonzero = data.weights > 0
+        self.skin_k = int(nonzero.sum(1).max())
+        order = np.argsort(-data.weights, axis=1, kind="stable")[:, : self.skin_k]
+        self.register_buffer("skin_indices", torch.as_tensor(order, dtype=torch.int32))
+        self.register_buffer("skin_weights", as_t(np.take_along_axis(data.weights, order, axis=1)))
+
+        self.joint_sets = nn.ModuleDict()
+        for name in JOINT_SET_SIZES:
+            if name == "h36m17" and "h36m" not in data.extra_regressors:
+                continue
+            chain, regressor = joint_set_rows(name, V, data.extra_regressors)
+            self.joint_sets[name] = JointSetTensors(chain, regressor, (data.v_template, blend_dirs, data.weights), dtype)
+        self.joint_set_tensors(joint_set)  # fail now on an unknown default
+
+    @property
+    def num_vertices(self) -> int:
+        return self.v_template.shape[0]
+
+    def joint_set_tensors(self, name: str) -> JointSetTensors:
+        if name not in self.joint_sets:
+            joint_set_rows(name, self.num_vertices, self._extra_regressors)  # raises the reason
+        return self.joint_sets[name]
+
+    def forward(self, betas=None, body_pose=None, global_orient=None, transl=None,
+                return_verts: bool = True, pose2rot: bool = True, joint_set: Optional[str] = None,
+                **unused) -> SMPLOutput:
+        """Pose and shape the body; arguments as smplx's SMPL.forward.
+
+        pose2rot=True: global_orient (B, 3), body_pose (B, 69) axis-angle.
+        pose2rot=False: global_orient (B, 1, 3, 3) or (B, 9), body_pose (B, 23, 3, 3) or (B, 207).
+        betas (B, NB), transl (B, 3). A missing argument is zeros (the rest pose, mean shape).
+        """
+        joint_set = joint_set or self.default_joint_set
+        B = _batch_size(betas, body_pose, global_orient, transl)
+        ref = self.v_template
+        if betas is None:
+            betas = ref.new_zeros(B, self.num_betas)
+        rot_shape = (3,) if pose2rot else (3, 3)
+        if global_orient is None:
+            global_orient = ref.new_zeros(B, 3) if pose2rot else torch.eye(3, dtype=ref.dtype, device=ref.device).expand(B, 1, 3, 3)
+        if body_pose is None:
+            body_pose = ref.new_zeros(B, 69) if pose2rot else torch.eye(3, dtype=ref.dtype, device=ref.device).expand(B, 23, 3, 3)
+        betas = _check("betas", betas, B, (self.num_betas,), ref)
+        global_orient = _check("global_orient", global_orient, B, (1,) + rot_shape, ref)
+        body_pose = _check("body_pose", body_pose, B, (NUM_JOINTS - 1,) + rot_shape, ref)
+        if transl is not None:
+            transl = _check("transl", transl, B, (3,), ref)
+        self._check_finite(betas=betas, global_orient=global_orient, body_pose=body_pose, transl=transl)
+
+        full_pose = torch.cat([global_orient.reshape(B, -1), body_pose.reshape(B, -1)], dim=1)
+        backend = self._resolve_backend(ref.device)
+        if backend == "triton":
+            from hmr_fast.kernels import smpl_forward as triton_forward
+
+            vertices, joints, rot_mats = triton_forward(self, betas, full_pose, transl, pose2rot, return_verts, joint_set)
+        else:
+            rot_mats = full_pose.view(B, NUM_JOINTS, 3) if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3)
+            rot_mats = reference.rodrigues(rot_mats) if pose2rot else rot_mats
+            vertices, joints = reference.smpl_forward(self, betas, rot_mats, transl, return_verts, joint_set)
+        return SMPLOutput(
+            vertices=vertices, joints=joints,
+            full_pose=full_pose if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3),
+            betas=betas, global_orient=global_orient.reshape(B, *((3,) if pose2rot else (1, 3, 3))),
+            body_pose=body_pose.reshape(B, *((69,) if pose2rot else (23, 3, 3))), transl=transl,
+            rot_mats=rot_mats,
+        )
+
+    def _resolve_backend(self, device) -> str:
+        if self.backend != "auto":
+            if self.backend == "triton":
+                from hmr_fast.kernels import triton_usable
+
+                usable, why = triton_usable(device)
+                if not usable:
+                    raise RuntimeError(f"SMPL backend 'triton' is not usable here: {why}")
+            return self.backend
+        if device.type != "cuda":
+            return "reference"
+        try:
+            from hmr_fast.kernels import triton_usable
+        except ImportError:
+            return "reference"
+        return "triton" if triton_usable(device)[0] else "reference"
+
+    def _check_finite(self, **tensors):
+        for name, t in tensors.items():
+            if t is None:
+                continue
+            check = self.check_finite if self.check_finite is not None else t.device.type == "cpu"
+            if check and not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"SMPL input {name!r} contains NaN or Inf")
+
+
+def _load(model_path, gender) -> SMPLModelData:
+    from .model_file import load_model_file, validate_model_data
+
+    if isinstance(model_path, SMPLModelData):
+        return validate_model_data(model_path)
+    if model_path is None:
+        from .mannequin import mannequin_path
+
+        model_path = mannequin_path()
+    return load_model_file(model_path, gender=gender)
+
+
+def _batch_size(*tensors) -> int:
+    sizes = {int(t.shape[0]) for t in tensors if isinstance(t, torch.Tensor) and t.dim() > 0}
+    if len(sizes) > 1:
+        raise ValueError(f"SMPL inputs disagree on the batch size: got batch sizes {sorted(sizes)}")
+    return sizes.pop() if sizes else 1
+
+
+def _check(name, tensor, batch, per_sample_shape, ref) -> torch.Tensor:
+    """Validate one input's shape and type; flat and structured layouts are both accepted."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"SMPL input {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"SMPL input {name!r} must be floating point, got {tensor.dtype}")
+    expected = int(np.prod(per_sample_shape))
+    if tensor.dim() < 1 or tensor.shape[0] != batch or tensor[0].numel() != expected:
+        raise ValueError(
+            f"SMPL input {name!r} must have shape (B, {', '.join(map(str, per_sample_shape))}) "
+            f"or (B, {expected}) with B={batch}; got {tuple(tensor.shape)}")
+    if tensor.device != ref.device:
+        raise ValueError(f"SMPL input {name!r} is on {tensor.device} but the model is on {ref.device}")
+    return tensor.to(ref.dtype)

@@ -1,0 +1,53 @@
+"""`hmr-fast <command>`: one table of commands; each lives in the module of its feature.
+
+Every command module exposes `add_arguments(parser)` and `run(args) -> int`, and is
+imported only when its command runs, so `hmr-fast info` stays quick.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    # name: (module, one-line help)
+    "info": ("hmr_fast.info", "versions, devices and which SMPL backends are usable"),
+    "mannequin": ("hmr_fast.body.mannequin", "write the built-in SMPL-format mannequin model"),
+    "smpl": ("hmr_fast.body.run_smpl", "pose the SMPL body (mannequin by default) and save the mesh"),
+    "synth": ("hmr_fast.data.synth", "render a synthetic training set of the mannequin"),
+    "train": ("hmr_fast.training.train", "train HMR from a YAML config"),
+    "eval": ("hmr_fast.training.evaluate", "MPJPE / PA-MPJPE / PCK of a checkpoint on a dataset"),
+    "export": ("hmr_fast.export.cli", "export a checkpoint to ONNX, TensorRT or AOTInductor"),
+    "video": ("hmr_fast.infer.video", "recover meshes from a video, image folder or webcam"),
+    "demo": ("hmr_fast.infer.demo", "the end-to-end demo on a synthetic clip, nothing downloaded"),
+}
+
+
+def _available_commands() -> dict:
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            found[name] = (module, help_text)
+    return found
+
+
+def main(argv=None) -> int:
+    commands = _available_commands()
+    parser = argparse.ArgumentParser(prog="hmr-fast", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in commands.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in commands:
+        parser.parse_args(argv)  # prints usage / the error for an unknown command
+        return 2
+    name = argv[0]
+    module = importlib.import_module(commands[name][0])
+    command_parser = argparse.ArgumentParser(prog=f"hmr-fast {name}", description=commands[name][1])
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

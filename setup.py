@@ -1,0 +1,49 @@
+"""hmr_fast: HMR (Kanazawa et al. 2018) with the SMPL math as fused Triton kernels.
+
+`kernels/` and `training/` live at the repository's top level but install only as
+`hmr_fast.kernels` and `hmr_fast.training`: PyPI already has packages named `kernels`
+and `training`, so nothing is installed under those top-level names.
+"""
+from setuptools import setup
+
+setup(
+    name="hmr_fast",
+    version="0.1.0",
+    description="Human mesh recovery (HMR) with fused Triton SMPL kernels",
+    python_requires=">=3.10",
+    packages=[
+        "hmr_fast",
+        "hmr_fast.body",
+        "hmr_fast.model",
+        "hmr_fast.data",
+        "hmr_fast.infer",
+        "hmr_fast.export",
+        "hmr_fast.kernels",
+        "hmr_fast.training",
+    ],
+    package_dir={"hmr_fast.kernels": "kernels", "hmr_fast.training": "training"},
+    package_data={"hmr_fast.training": ["configs/*.yaml"], "hmr_fast": ["assets/*"]},
+    install_requires=[
+        "torch>=2.11",
+        "torchvision>=0.26",
+        "triton>=3.6; platform_system=='Linux'",
+        "numpy",
+        "scipy",
+        "opencv-python-headless",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            "pytest-benchmark",
+            "smplx==0.1.28",
+            "hypothesis",
+            "onnx",
+            "onnxruntime",
+        ],
+        "trt": ["tensorrt"],
+    },
+    entry_points={"console_scripts": ["hmr-fast=hmr_fast.cli:main"]},
+)

@@ -1,0 +1,82 @@
+"""Shared fixtures: random SMPL-format models, the mannequin, and smplx on the same files.
+
+No CUDA here (CI): Triton kernels run on CPU tensors under its interpreter, which must be
+switched on before triton is first imported.
+"""
+import dataclasses
+import os
+import pickle
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hmr_fast.body.model_data import SMPL_PARENTS, SMPLModelData  # noqa: E402
+
+
+def random_model_data(num_vertices=6890, num_betas=10, seed=None, k=4) -> SMPLModelData:
+    """A valid SMPL-format model with random arrays (fresh each call unless seeded).
+
+    Values are rounded to float32 because smplx casts every array to float32 on load;
+    with float32-exact data, smplx and we compute from identical numbers.
+    """
+    rng = np.random.default_rng(seed)
+    V = num_vertices
+    f32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731
+    weights = rng.random((V, 24))
+    weights[weights < np.sort(weights, axis=1)[:, [-k]]] = 0.0
+    weights /= weights.sum(1, keepdims=True)
+    J_regressor = np.zeros((24, V))
+    for j in range(24):
+        ring = rng.choice(V, size=min(8, V), replace=False)
+        J_regressor[j, ring] = rng.random(len(ring)) + 0.1
+    J_regressor /= J_regressor.sum(1, keepdims=True)
+    return SMPLModelData(
+        v_template=f32(rng.normal(size=(V, 3)) * 0.3),
+        faces=rng.integers(0, V, size=(2 * V - 4, 3)),
+        J_regressor=f32(J_regressor),
+        parents=np.array(SMPL_PARENTS, dtype=np.int64),
+        weights=f32(weights),
+        shapedirs=f32(rng.normal(size=(V, 3, num_betas)) * 0.01),
+        posedirs=f32(rng.normal(size=(V, 3, 207)) * 0.005),
+        source="random",
+    )
+
+
+def float32_exact(data: SMPLModelData) -> SMPLModelData:
+    """The same model with every float array rounded to float32 (what smplx sees)."""
+    f32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731
+    return dataclasses.replace(
+        data, v_template=f32(data.v_template), J_regressor=f32(data.J_regressor),
+        weights=f32(data.weights), shapedirs=f32(data.shapedirs), posedirs=f32(data.posedirs),
+        extra_regressors={k: f32(v) for k, v in data.extra_regressors.items()})
+
+
+def write_smplx_model_dir(data: SMPLModelData, root) -> str:
+    """Write `data` as root/smpl/SMPL_NEUTRAL.pkl in the official layout smplx.create reads."""
+    os.makedirs(os.path.join(root, "smpl"), exist_ok=True)
+    kintree = np.array([data.parents, np.arange(24)], dtype=np.int64)
+    kintree[0, 0] = 4294967295
+    payload = dict(v_template=data.v_template, f=data.faces.astype(np.uint32),
+                   J_regressor=scipy.sparse.csc_matrix(data.J_regressor), kintree_table=kintree,
+                   weights=data.weights, shapedirs=data.shapedirs, posedirs=data.posedirs)
+    with open(os.path.join(root, "smpl", "SMPL_NEUTRAL.pkl"), "wb") as f:
+        pickle.dump(payload, f, protocol=2)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def mannequin_data() -> SMPLModelData:
+    """The built-in mannequin, rounded to float32 so smplx sees exactly the same numbers."""
+    from hmr_fast.body.mannequin import build_mannequin
+
+    return float32_exact(build_mannequin())
+
+
+@pytest.fixture(scope="session")
+def mannequin_smplx_dir(mannequin_data, tmp_path_factory) -> str:
+    return write_smplx_model_dir(mannequin_data, tmp_path_factory.mktemp("mannequin"))
