@@ -1,13 +1,7 @@
 """SMPL: model files, the built-in mannequin, joint sets and the SMPL layer."""
 from .model_data import SMPL_JOINT_NAMES, SMPL_PARENTS, SMPLModelData
+from .model_file import ModelFileError, UnsafePickleError, load_model_file, validate_model_data
 from .smpl import SMPL, SMPLOutput
 
-
-def load_model_file(path, gender: str = "neutral") -> SMPLModelData:
-    """Load an official SMPL .pkl, a smplx-style .npz or a smplx-layout folder (see model_file.py)."""
-    from .model_file import load_model_file as _load
-
-    return _load(path, gender=gender)
-
-
-__all__ = ["SMPL", "SMPLOutput", "SMPLModelData", "SMPL_JOINT_NAMES", "SMPL_PARENTS", "load_model_file"]
+__all__ = ["SMPL", "SMPLOutput", "SMPLModelData", "SMPL_JOINT_NAMES", "SMPL_PARENTS", "load_model_file",
+           "validate_model_data", "ModelFileError", "UnsafePickleError"]

@@ -56,6 +56,10 @@ def joint_set_rows(name: str, num_vertices: int, extra_regressors: dict):
         return _regressor_rows(extra_regressors["h36m"])
     else:
         raise ValueError(f"joint_set must be one of {sorted(JOINT_SET_SIZES)}, got {name!r}")
+    too_big = [row[1] for row in rows if isinstance(row, tuple) and row[1] >= num_vertices]
+    if too_big:
+        raise ValueError(f"joint_set {name!r} reads SMPL vertices {too_big}, but this model has only "
+                         f"{num_vertices} vertices")
     chain = np.full(len(rows), -1, dtype=np.int64)
     regressor = np.zeros((len(rows), num_vertices))
     for i, row in enumerate(rows):

@@ -20,7 +20,7 @@ SMPL_JOINT_NAMES = (
 
 @dataclass(frozen=True)
 class SMPLModelData:
-    """Arrays of one SMPL model, validated by `validate()`.
+    """Arrays of one SMPL model (checked by `model_file.validate_model_data`).
 
     Shapes: V vertices (6890 for SMPL), F faces, NB shape directions (10 for SMPL).
     `extra_regressors` maps a name to a (J, V) vertex regressor: "h36m" (17, SPIN's

@@ -59,13 +59,14 @@ def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
 
 
 def blend_shapes(betas, pose_feats, template, blend_dirs):
-    """Rest-pose vertices with shape and pose correctives: template + [betas, pose] @ dirs.
+    """Rest-pose vertices with shape and pose correctives: template + dirs^T [betas, pose].
 
     template (N, 3); blend_dirs (NB + 207, N * 3) stacks shapedirs over posedirs, so both
-    blend shapes are one GEMM. Returns (B, N, 3).
+    blend shapes are one GEMM. Returns (N, 3, B): vertex-major, batch last, the layout in
+    which this GEMM and the skinning below run fastest on a CPU (no transposed copies).
     """
     coeffs = torch.cat([betas, pose_feats], dim=1)
-    return template + (coeffs @ blend_dirs).view(coeffs.shape[0], -1, 3)
+    return torch.addmm(template.reshape(-1, 1), blend_dirs.t(), coeffs.t()).view(-1, 3, coeffs.shape[0])
 
 
 def rest_joints(betas, J_template, J_shapedirs):
@@ -106,15 +107,46 @@ def skinning_transforms(global_rot, global_trans, joints):
 
 
 def skin(v_posed, transforms, weights):
-    """Linear blend skinning with 3x4 transforms.
+    """Linear blend skinning with 3x4 transforms, vertex-major.
 
-    v_posed (B, N, 3); transforms (B, 24, 12); weights (N, 24). The blended transform per
-    vertex is one GEMM over all samples at once; nothing is 4x4 or homogeneous.
+    v_posed (N, 3, B); transforms (B, 24, 12); weights (N, 24). The blended transform of
+    every vertex and sample is one GEMM, weights @ transforms -> (N, 3, 4, B); nothing is
+    4x4 or homogeneous. Returns (B, N, 3).
     """
     B, J = transforms.shape[:2]
-    blended = (weights @ transforms.transpose(0, 1).reshape(J, B * 12)).view(-1, B, 3, 4)
-    blended = blended.transpose(0, 1)  # (B, N, 3, 4)
-    return (blended[..., :3] @ v_posed.unsqueeze(-1)).squeeze(-1) + blended[..., 3]
+    per_joint = transforms.view(B, J, 12).permute(1, 2, 0).reshape(J, 12 * B)
+    blended = (weights @ per_joint).view(-1, 3, 4, B)
+    return ApplyTransforms.apply(blended, v_posed).permute(2, 0, 1).contiguous()
+
+
+class ApplyTransforms(torch.autograd.Function):
+    """posed = R v + t per vertex and sample, for blended (N, 3, 4, B) and v (N, 3, B).
+
+    Autograd through the same few elementwise ops works, but allocates and concatenates
+    a gradient per slice; this backward writes each gradient once (the CPU is memory-bound
+    here, so that is most of the backward's time).
+    """
+
+    @staticmethod
+    def forward(ctx, blended, v):
+        ctx.save_for_backward(blended, v)
+        rx, ry, rz, t = blended.unbind(2)
+        x, y, z = (c.unsqueeze(1) for c in v.unbind(1))
+        return torch.addcmul(torch.addcmul(torch.addcmul(t, rx, x), ry, y), rz, z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        blended, v = ctx.saved_tensors
+        grad_blended = grad_v = None
+        if ctx.needs_input_grad[0]:
+            grad_blended = torch.empty_like(blended)
+            for c in range(3):
+                torch.mul(grad, v[:, c : c + 1], out=grad_blended[:, :, c])
+            grad_blended[:, :, 3] = grad
+        if ctx.needs_input_grad[1]:
+            rx, ry, rz, _ = blended.unbind(2)
+            grad_v = torch.stack([(grad * r).sum(1) for r in (rx, ry, rz)], dim=1)
+        return grad_blended, grad_v
 
 
 def regress_joints(posed_joints, support_vertices, chain_index, vertex_regressor):

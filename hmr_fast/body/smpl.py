@@ -106,9 +106,10 @@ class SMPL(nn.Module):
 
         self.joint_sets = nn.ModuleDict()
         for name in JOINT_SET_SIZES:
-            if name == "h36m17" and "h36m" not in data.extra_regressors:
-                continue
-            chain, regressor = joint_set_rows(name, V, data.extra_regressors)
+            try:
+                chain, regressor = joint_set_rows(name, V, data.extra_regressors)
+            except ValueError:
+                continue  # not available for this model; joint_set_tensors(name) says why
             self.joint_sets[name] = JointSetTensors(chain, regressor, (data.v_template, blend_dirs, data.weights), dtype)
         self.joint_set_tensors(joint_set)  # fail now on an unknown default
 

@@ -1,0 +1,217 @@
+"""The reference backend against the smplx package and scipy, on fresh random inputs.
+
+smplx's own Rodrigues adds 1e-8 to the axis-angle before taking its norm, which moves its
+vertices by ~1e-8 m; to hold our float64 forward to 1e-9 m, smplx is fed rotation matrices
+from scipy's independent Rodrigues (pose2rot=False) and we are fed the axis-angle itself.
+smplx also casts every model array to float32 on load, so the models here are float32-exact.
+"""
+import numpy as np
+import pytest
+import smplx
+import torch
+from scipy.spatial.transform import Rotation
+
+from conftest import random_model_data, write_smplx_model_dir
+from hmr_fast import SMPL
+from hmr_fast.body import reference
+from hmr_fast.body.joint_sets import SMPLX_EXTRA_VERTICES
+
+POSE_KINDS = ("random", "zero", "tiny", "near_pi")
+
+
+def random_pose(batch, kind, rng):
+    """Axis-angle (B, 24, 3) of the given kind, drawn fresh."""
+    aa = rng.normal(size=(batch, 24, 3))
+    if kind == "zero":
+        return np.zeros_like(aa)
+    unit = aa / np.linalg.norm(aa, axis=-1, keepdims=True)
+    if kind == "tiny":
+        return unit * 1e-8
+    if kind == "near_pi":
+        return unit * (np.pi - rng.uniform(0, 1e-3, size=(batch, 24, 1)))
+    return aa * 0.7
+
+
+def scipy_rotmats(aa):
+    return torch.tensor(Rotation.from_rotvec(aa.reshape(-1, 3)).as_matrix().reshape(*aa.shape[:-1], 3, 3))
+
+
+@pytest.fixture(params=["random_model", "mannequin"])
+def model_pair(request, tmp_path):
+    """(our SMPL in float64, smplx's SMPL in float64) on the same float32-exact model."""
+    if request.param == "mannequin":
+        data = request.getfixturevalue("mannequin_data")
+        root = request.getfixturevalue("mannequin_smplx_dir")
+    else:
+        data = random_model_data()
+        root = write_smplx_model_dir(data, tmp_path)
+    ours = SMPL(model_path=data, backend="reference", dtype=torch.float64)
+    theirs = smplx.create(root, model_type="smpl", dtype=torch.float64)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kind", POSE_KINDS)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_forward_float64_matches_smplx(model_pair, kind, batch):
+    ours, theirs = model_pair
+    rng = np.random.default_rng()
+    aa = random_pose(batch, kind, rng)
+    betas = torch.tensor(rng.normal(size=(batch, 10)) * 1.5)
+    transl = torch.tensor(rng.normal(size=(batch, 3)))
+    R = scipy_rotmats(aa)
+    got = ours(betas=betas, global_orient=torch.tensor(aa[:, 0]),
+               body_pose=torch.tensor(aa[:, 1:].reshape(batch, 69)), transl=transl)
+    want = theirs(betas=betas, global_orient=R[:, :1], body_pose=R[:, 1:], transl=transl, pose2rot=False)
+    assert (got.vertices - want.vertices).abs().max() < 1e-9
+    assert got.joints.shape == want.joints.shape == (batch, 45, 3)
+    assert (got.joints - want.joints).abs().max() < 1e-9
+    assert torch.allclose(got.rot_mats, R, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", POSE_KINDS)
+def test_forward_float32_matches_smplx_axis_angle(mannequin_data, mannequin_smplx_dir, kind):
+    ours = SMPL(model_path=mannequin_data, backend="reference")
+    theirs = smplx.create(mannequin_smplx_dir, model_type="smpl")
+    rng = np.random.default_rng()
+    batch = 5
+    aa = torch.tensor(random_pose(batch, kind, rng), dtype=torch.float32)
+    betas = torch.randn(batch, 10)
+    transl = torch.randn(batch, 3)
+    kwargs = dict(betas=betas, global_orient=aa[:, 0], body_pose=aa[:, 1:].reshape(batch, 69), transl=transl)
+    got, want = ours(**kwargs), theirs(**kwargs)
+    assert got.vertices.dtype == torch.float32
+    assert (got.vertices - want.vertices).abs().max() < 1e-5
+    assert (got.joints - want.joints).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["random", "zero", "near_pi"])
+def test_gradients_match_smplx(model_pair, kind):
+    ours, theirs = model_pair
+    rng = np.random.default_rng()
+    batch = 3
+    aa = torch.tensor(random_pose(batch, kind, rng))
+    betas = torch.tensor(rng.normal(size=(batch, 10)))
+    transl = torch.tensor(rng.normal(size=(batch, 3)))
+    w_verts = torch.randn(batch, ours.num_vertices, 3, dtype=torch.float64)
+    w_joints = torch.randn(batch, 45, 3, dtype=torch.float64)
+
+    def grads(layer):
+        inputs = [t.clone().requires_grad_(True) for t in (aa, betas, transl)]
+        out = layer(betas=inputs[1], global_orient=inputs[0][:, 0],
+                    body_pose=inputs[0][:, 1:].reshape(batch, 69), transl=inputs[2])
+        loss = (out.vertices * w_verts).sum() + (out.joints * w_joints).sum()
+        return torch.autograd.grad(loss, inputs)
+
+    for name, g_ours, g_theirs in zip(("pose", "betas", "transl"), grads(ours), grads(theirs)):
+        assert torch.isfinite(g_ours).all(), name
+        scale = g_theirs.abs().max()
+        # smplx's +1e-8 inside its Rodrigues shifts its pose gradient by ~1e-8 relative.
+        assert (g_ours - g_theirs).abs().max() <= 1e-6 * scale, name
+
+
+def test_gradcheck_against_finite_differences():
+    """Autograd of the float64 reference against central differences (no smplx involved)."""
+    layer = SMPL(model_path=random_model_data(num_vertices=60), backend="reference", dtype=torch.float64,
+                 joint_set="smpl24")
+    batch = 2
+    aa = (torch.randn(batch, 72, dtype=torch.float64) * 0.5).requires_grad_(True)
+    betas = torch.randn(batch, 10, dtype=torch.float64, requires_grad=True)
+    transl = torch.randn(batch, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(aa, betas, transl):
+        out = layer(betas=betas, global_orient=aa[:, :3], body_pose=aa[:, 3:], transl=transl)
+        return out.vertices, out.joints
+
+    assert torch.autograd.gradcheck(f, (aa, betas, transl), eps=1e-6, atol=1e-7)
+
+
+def test_rodrigues_matches_scipy_and_has_finite_gradient_at_zero():
+    rng = np.random.default_rng()
+    for kind in POSE_KINDS:
+        aa = random_pose(4, kind, rng)
+        got = reference.rodrigues(torch.tensor(aa))
+        assert torch.allclose(got, scipy_rotmats(aa), atol=1e-13, rtol=0), kind
+    zero = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)
+    (g,) = torch.autograd.grad((reference.rodrigues(zero) * weights).sum(), zero)
+    # dR/dw at w = 0 is the cross-product basis: d/dw_x of sum(W * K(w)) = W[2,1] - W[1,2], etc.
+    expected = torch.stack([weights[:, 2, 1] - weights[:, 1, 2], weights[:, 0, 2] - weights[:, 2, 0],
+                            weights[:, 1, 0] - weights[:, 0, 1]], dim=-1)
+    assert torch.allclose(g, expected, atol=1e-12)
+
+
+def test_rot6d_recovers_rotation_from_its_first_two_columns():
+    R = torch.tensor(Rotation.random(16).as_matrix())
+    six = R[..., :2].reshape(16, 6)
+    assert torch.allclose(reference.rot6d_to_rotmat(six), R, atol=1e-12)
+    # Any 6 numbers (in general position) give a proper rotation.
+    R2 = reference.rot6d_to_rotmat(torch.randn(16, 6, dtype=torch.float64))
+    assert torch.allclose(R2 @ R2.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(16, 3, 3), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(R2), torch.ones(16, dtype=torch.float64), atol=1e-12)
+
+
+def test_rotation_matrix_input_and_joints_only_path_agree():
+    layer = SMPL(model_path=random_model_data(num_vertices=500), backend="reference", dtype=torch.float64,
+                 joint_set="smpl24")
+    batch = 4
+    aa = torch.randn(batch, 24, 3, dtype=torch.float64)
+    betas = torch.randn(batch, 10, dtype=torch.float64)
+    R = reference.rodrigues(aa)
+    full = layer(betas=betas, global_orient=aa[:, 0], body_pose=aa[:, 1:].reshape(batch, 69))
+    as_rotmats = layer(betas=betas, global_orient=R[:, :1], body_pose=R[:, 1:], pose2rot=False)
+    joints_only = layer(betas=betas, global_orient=aa[:, 0], body_pose=aa[:, 1:].reshape(batch, 69),
+                        return_verts=False)
+    assert torch.allclose(as_rotmats.vertices, full.vertices, atol=1e-12)
+    assert joints_only.vertices is None
+    assert torch.allclose(joints_only.joints, full.joints, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["smpl24", "hmr19", "lsp14"])
+def test_joint_sets_pick_the_right_points(mannequin_data, name):
+    """Without a cocoplus regressor, hmr19 is SMPL joints + vertices: check against smplx24 + vertices."""
+    layer = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
+    batch = 3
+    kwargs = dict(betas=torch.randn(batch, 10, dtype=torch.float64),
+                  body_pose=torch.randn(batch, 69, dtype=torch.float64) * 0.5,
+                  global_orient=torch.randn(batch, 3, dtype=torch.float64))
+    base = layer(**kwargs, joint_set="smplx45")
+    got = layer(**kwargs, joint_set=name, return_verts=False).joints
+    chain, verts = base.joints[:, :24], base.vertices
+    if name == "smpl24":
+        assert torch.allclose(got, chain, atol=1e-12)
+        return
+    if "hmr19" in mannequin_data.extra_regressors:
+        regressor = torch.tensor(mannequin_data.extra_regressors["hmr19"])
+        want = torch.einsum("jv,bvc->bjc", regressor, verts)
+    else:
+        vid = dict(SMPLX_EXTRA_VERTICES)
+        want = torch.cat([chain[:, [8, 5, 2, 1, 4, 7, 21, 19, 17, 16, 18, 20, 12]],
+                          verts[:, [411, vid["nose"], vid["left_eye"], vid["right_eye"], vid["left_ear"], vid["right_ear"]]]], 1)
+    assert torch.allclose(got, want[:, : got.shape[1]], atol=1e-12)
+
+
+def test_h36m_joint_set_needs_its_regressor():
+    layer = SMPL(model_path=random_model_data(num_vertices=100), backend="reference", joint_set="smpl24")
+    with pytest.raises(ValueError, match="J_regressor_h36m"):
+        layer(betas=torch.zeros(1, 10), joint_set="h36m17")
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(betas=torch.zeros(2, 9)), "betas"),
+    (dict(body_pose=torch.zeros(2, 68)), "body_pose"),
+    (dict(global_orient=torch.zeros(2, 4)), "global_orient"),
+    (dict(transl=torch.zeros(2, 2)), "transl"),
+    (dict(betas=torch.zeros(2, 10), body_pose=torch.zeros(3, 69)), "batch"),
+    (dict(body_pose=torch.full((2, 69), float("nan"))), "body_pose"),
+    (dict(betas=torch.tensor([[float("inf")] + [0.0] * 9])), "betas"),
+    (dict(betas=torch.zeros(2, 10, dtype=torch.int64)), "betas"),
+])
+def test_bad_input_names_the_argument(kwargs, field):
+    layer = SMPL(model_path=random_model_data(num_vertices=50), backend="reference", joint_set="smpl24")
+    with pytest.raises((ValueError, TypeError), match=field):
+        layer(**kwargs)
+
+
+def test_joint_set_reading_missing_vertices_is_a_clear_error():
+    with pytest.raises(ValueError, match="smplx45.*only 100 vertices"):
+        SMPL(model_path=random_model_data(num_vertices=100), backend="reference")
