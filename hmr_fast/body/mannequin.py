@@ -104,25 +104,25 @@ class PartSpec:
 
 def _torso_spec() -> PartSpec:
     y0, y1 = -0.385, 0.305
-    # y, x half-width, front, front(again), back, z of the section centre, exponent
+    # y, half-width (x), front, back, z of the section centre, exponent (boxier at the chest)
     rows = [
-        (-0.385, 0.110, 0.110, 0.080, 0.090, 0.000, 2.2),  # crotch, between the thighs
-        (-0.340, 0.160, 0.160, 0.088, 0.108, 0.000, 2.5),
-        (-0.300, 0.166, 0.166, 0.091, 0.115, 0.003, 2.5),
-        (-0.220, 0.163, 0.163, 0.095, 0.097, 0.012, 2.4),
-        (-0.120, 0.140, 0.140, 0.095, 0.077, 0.020, 2.4),
-        (-0.030, 0.136, 0.136, 0.100, 0.076, 0.024, 2.4),
-        (0.060, 0.150, 0.150, 0.106, 0.085, 0.024, 2.5),
-        (0.140, 0.166, 0.166, 0.110, 0.090, 0.018, 2.6),
-        (0.200, 0.182, 0.182, 0.094, 0.090, 0.002, 2.7),
-        (0.250, 0.186, 0.186, 0.075, 0.076, -0.008, 2.7),
-        (0.305, 0.172, 0.172, 0.060, 0.062, -0.012, 2.6),
+        (-0.385, 0.110, 0.080, 0.090, 0.000, 2.2),  # crotch, between the thighs
+        (-0.340, 0.160, 0.088, 0.108, 0.000, 2.5),  # buttocks
+        (-0.300, 0.166, 0.091, 0.115, 0.003, 2.5),
+        (-0.220, 0.163, 0.095, 0.097, 0.012, 2.4),  # hips
+        (-0.120, 0.140, 0.095, 0.077, 0.020, 2.4),
+        (-0.030, 0.136, 0.100, 0.076, 0.024, 2.4),  # waist
+        (0.060, 0.150, 0.106, 0.085, 0.024, 2.5),
+        (0.140, 0.166, 0.110, 0.090, 0.018, 2.6),  # chest
+        (0.200, 0.182, 0.094, 0.090, 0.002, 2.7),
+        (0.250, 0.186, 0.075, 0.076, -0.008, 2.7),  # shoulders
+        (0.305, 0.172, 0.060, 0.062, -0.012, 2.6),
     ]
-    keys = tuple(((y - y0) / (y1 - y0), hw, hw2, front, back, 0.0, z, p)
-                 for y, hw, hw2, front, back, z, p in rows)
+    keys = tuple(((y - y0) / (y1 - y0), hw, hw, front, back, 0.0, z, p)
+                 for y, hw, front, back, z, p in rows)
     return PartSpec(
         name="torso", start=(0.0, y0, 0.0), end=(0.0, y1, 0.0), up=(1, 0, 0), front=(0, 0, 1),
-        rings=34, around=48, cap_start=0.06, cap_end=0.055, keys=keys,
+        rings=33, around=50, cap_start=0.06, cap_end=0.055, keys=keys,
         joints=(0, 1, 2, 3, 6, 9, 12, 13, 14), blend=0.07)
 
 
@@ -155,7 +155,7 @@ def _head_spec() -> PartSpec:
     )
     return PartSpec(
         name="head", start=(0.0, y0, 0.0), end=(0.0, y1, 0.0), up=(1, 0, 0), front=(0, 0, 1),
-        rings=27, around=34, cap_start=0.03, cap_end=0.07, keys=keys,
+        rings=25, around=36, cap_start=0.03, cap_end=0.07, keys=keys,
         joints=(9, 12, 15), blend=0.04, bumps=bumps)
 
 
@@ -169,11 +169,27 @@ def _limb_keys(rows) -> tuple:
     return tuple(out)
 
 
+def _left_hand_points(J: np.ndarray) -> dict:
+    """Where the left hand's parts go: the mitten's axis and the thumb's base and tip."""
+    wrist = J[20]
+    along = _unit(J[22] - wrist)  # palm down, fingers out along the wrist -> knuckles line
+    thumb_base = wrist + 0.035 * along + np.array([0.0, -0.006, 0.028])
+    thumb_dir = _unit(0.55 * along + np.array([0.0, -0.10, 0.83]))  # forward and out
+    return {"along": along, "fingertip": wrist + HAND_LENGTH * along,
+            "thumb_base": thumb_base, "thumb_tip": thumb_base + 0.085 * thumb_dir}
+
+
+def _left_foot_points() -> tuple:
+    """Heel and toe tip of the left foot (toes turned out a little, as SMPL's are)."""
+    return np.array([0.083, -1.140, -0.105]), np.array([0.135, -1.150, 0.165])
+
+
 def _left_arm_specs(J: np.ndarray) -> list:
-    shoulder, elbow, wrist, hand = J[16], J[18], J[20], J[22]
+    shoulder, elbow, wrist = J[16], J[18], J[20]
     a_upper = _unit(elbow - shoulder)
     a_fore = _unit(wrist - elbow)
-    a_hand = _unit(hand - wrist)
+    hand = _left_hand_points(J)
+    a_hand = hand["along"]
     upper = PartSpec(
         name="left_upper_arm", start=tuple(shoulder - 0.05 * a_upper),
         end=tuple(elbow + 0.036 * a_upper), up=(0, 1, 0), front=(0, 0, 1),
@@ -184,36 +200,30 @@ def _left_arm_specs(J: np.ndarray) -> list:
                          (0.88, 0.037, 0.037, 0.038, 0.037), (1.0, 0.036, 0.036, 0.036, 0.036)]),
         joints=(13, 16, 18), blend=0.04)
     fore = PartSpec(
-        name="left_forearm", start=tuple(elbow - 0.036 * a_fore), end=tuple(wrist + 0.022 * a_fore),
-        up=(0, 1, 0), front=(0, 0, 1), rings=15, around=22, cap_start=0.036, cap_end=0.022,
+        name="left_forearm", start=tuple(elbow - 0.036 * a_fore),
+        end=tuple(wrist + 0.022 * a_fore), up=(0, 1, 0), front=(0, 0, 1),
+        rings=15, around=22, cap_start=0.036, cap_end=0.022,
         keys=_limb_keys([(0.0, 0.037, 0.037, 0.038, 0.038), (0.25, 0.039, 0.039, 0.043, 0.042),
                          (0.60, 0.031, 0.031, 0.036, 0.035), (0.92, 0.023, 0.023, 0.031, 0.030),
                          (1.0, 0.022, 0.022, 0.029, 0.029)]),
         joints=(16, 18, 20), blend=0.04)
     # Palm down (thin along y), fingers together like a mitten, thumb a separate tube.
     mitten = PartSpec(
-        name="left_hand", start=tuple(wrist - 0.02 * a_hand), end=tuple(wrist + HAND_LENGTH * a_hand),
+        name="left_hand", start=tuple(wrist - 0.02 * a_hand), end=tuple(hand["fingertip"]),
         up=(0, 1, 0), front=(0, 0, 1), rings=16, around=20, cap_start=0.02, cap_end=0.03,
-        keys=_limb_keys([(0.0, 0.021, 0.021, 0.030, 0.030, 2.4), (0.20, 0.021, 0.021, 0.040, 0.038, 2.6),
-                         (0.50, 0.018, 0.017, 0.046, 0.044, 2.8), (0.72, 0.013, 0.012, 0.044, 0.042, 2.8),
-                         (1.0, 0.011, 0.010, 0.040, 0.038, 2.6)]),
+        keys=_limb_keys([(0.0, 0.021, 0.021, 0.030, 0.030, 2.4),  # wrist
+                         (0.20, 0.021, 0.021, 0.040, 0.038, 2.6),
+                         (0.50, 0.018, 0.017, 0.046, 0.044, 2.8),  # knuckles
+                         (0.72, 0.013, 0.012, 0.044, 0.042, 2.8),
+                         (1.0, 0.011, 0.010, 0.040, 0.038, 2.6)]),  # fingertips
         joints=(18, 20, 22), blend=0.03)
-    thumb_base = wrist + 0.035 * a_hand + np.array([0.0, -0.006, 0.028])
-    thumb_dir = _unit(0.55 * a_hand + np.array([0.0, -0.10, 0.83]))
     thumb = PartSpec(
-        name="left_thumb", start=tuple(thumb_base), end=tuple(thumb_base + 0.085 * thumb_dir),
+        name="left_thumb", start=tuple(hand["thumb_base"]), end=tuple(hand["thumb_tip"]),
         up=(0, 1, 0), front=(1, 0, 0), rings=6, around=10, cap_start=0.015, cap_end=0.010,
         keys=_limb_keys([(0.0, 0.016, 0.016, 0.017, 0.017), (0.4, 0.013, 0.013, 0.013, 0.013),
                          (0.8, 0.011, 0.011, 0.011, 0.011), (1.0, 0.010, 0.010, 0.010, 0.010)]),
         joints=(20, 22), blend=0.03)
     return [upper, fore, mitten, thumb]
-
-
-def _foot_points(J: np.ndarray, side: int = 1):
-    """Heel and toe tip of the foot (side +1 left, -1 right)."""
-    heel = np.array([0.083 * side, -1.140, -0.105])
-    toe = np.array([0.135 * side, -1.150, 0.165])
-    return heel, toe
 
 
 def _left_leg_specs(J: np.ndarray) -> list:
@@ -238,17 +248,17 @@ def _left_leg_specs(J: np.ndarray) -> list:
                          (0.85, 0.030, 0.030, 0.030, 0.034), (0.93, 0.030, 0.030, 0.030, 0.032),
                          (1.0, 0.031, 0.031, 0.031, 0.032)]),
         joints=(1, 4, 7), blend=0.045)
-    heel, toe = _foot_points(J)
-    # u = up: a flat sole (centre minus half-height stays at SOLE_Y), high instep at the ankle
-    def sole(t):
-        axis_y = heel[1] + t * (toe[1] - heel[1])
-        return axis_y - SOLE_Y
+    heel, toe = _left_foot_points()
+    # t, height above the axis, half-width, exponent: high instep at the ankle, flat toes.
+    # The depth below the axis reaches exactly down to the floor, so the sole is flat.
     foot_rows = [(0.0, 0.030, 0.030, 2.6), (0.20, 0.050, 0.034, 2.8), (0.35, 0.050, 0.038, 3.0),
                  (0.60, 0.028, 0.043, 3.0), (0.80, 0.018, 0.046, 3.0), (1.0, 0.016, 0.042, 2.8)]
+    axis_height = lambda t: heel[1] + t * (toe[1] - heel[1]) - SOLE_Y  # noqa: E731
     foot = PartSpec(
         name="left_foot", start=tuple(heel), end=tuple(toe), up=(0, 1, 0), front=(1, 0, 0),
         rings=13, around=20, cap_start=0.035, cap_end=0.03,
-        keys=tuple((t, up, sole(t), half_w, half_w, 0.0, 0.0, p) for t, up, half_w, p in foot_rows),
+        keys=tuple((t, top, axis_height(t), half_w, half_w, 0.0, 0.0, p)
+                   for t, top, half_w, p in foot_rows),
         joints=(4, 7, 10), blend=0.035)
     return [thigh, shin, foot]
 
@@ -265,7 +275,7 @@ class PartMesh:
 
 
 def _tube_faces(rings: int, around: int) -> np.ndarray:
-    """Triangles of a closed tube: pole 0, rings of `around` vertices, last vertex the other pole."""
+    """Triangles of a closed tube: pole 0, rings of `around` vertices, then the other pole."""
     i = np.arange(around)
     j = (i + 1) % around
     start_fan = np.stack([np.zeros(around, dtype=np.int64), 1 + j, 1 + i], axis=1)
@@ -315,6 +325,7 @@ def _angle_difference(a, b):
 
 
 def build_part(spec: PartSpec) -> PartMesh:
+    """Mesh one tube: rings of superellipse sections along the axis, a pole at each end."""
     start, end = np.asarray(spec.start, float), np.asarray(spec.end, float)
     length = float(np.linalg.norm(end - start))
     axis = (end - start) / length
@@ -326,8 +337,8 @@ def build_part(spec: PartSpec) -> PartMesh:
 
     keys = np.asarray(spec.keys, dtype=np.float64)
     profile = PchipInterpolator(keys[:, 0], keys[:, 1:], axis=0)
-    end_sections = profile([0.0, 1.0])
-    mean_end_radius = tuple(end_sections[:, :4].mean(axis=1))
+    ends = profile([0.0, 1.0])  # the sections at the two poles
+    mean_end_radius = tuple(ends[:, :4].mean(axis=1))
     x, g = _ring_stations(spec, length, mean_end_radius)
     t = x / length
     sec = profile(t)  # (rings, 7)
@@ -351,7 +362,6 @@ def build_part(spec: PartSpec) -> PartMesh:
                    + (scale * du)[..., None] * u + (scale * dv)[..., None] * v)
 
     # Poles sit on the (offset) section centre at each end.
-    ends = profile([0.0, 1.0])
     start_pole = start + ends[0, 4] * u + ends[0, 5] * v
     end_pole = end + ends[1, 4] * u + ends[1, 5] * v
     vertices = np.concatenate([start_pole[None], ring_points.reshape(-1, 3), end_pole[None]])
@@ -437,29 +447,29 @@ HEAD_TOP_VERTEX = 411
 
 
 def _landmark_targets(J: np.ndarray) -> dict:
-    """name -> (part name, a point at or just outside the surface where that landmark is)."""
-    targets = {
-        "head_top": ("head", (0.0, HEAD_TOP_Y + 0.05, 0.01)),
-        "nose": ("head", (0.0, 0.392, 0.25)),
+    """name -> (part, point): the landmark is the part's vertex nearest that point."""
+    hand = _left_hand_points(J)
+    heel, toe = _left_foot_points()
+    left = {  # left side; the right side mirrors it
+        "eye": ("head", (0.030, 0.430, 0.115)),
+        "ear": ("head", (0.095, 0.415, 0.0)),
+        "thumb": ("thumb", hand["thumb_tip"]),
+        # fingertips spread across the end of the mitten, the index finger next to the thumb
+        "index": ("hand", hand["fingertip"] - 0.010 * hand["along"] + [0, 0, 0.026]),
+        "middle": ("hand", hand["fingertip"] + [0, 0, 0.009]),
+        "ring": ("hand", hand["fingertip"] - 0.004 * hand["along"] + [0, 0, -0.009]),
+        "pinky": ("hand", hand["fingertip"] - 0.014 * hand["along"] + [0, 0, -0.026]),
+        "BigToe": ("foot", toe + [-0.022, -0.01, -0.005]),  # toe tip, inner side, near the floor
+        "SmallToe": ("foot", toe + [0.030, -0.01, -0.035]),  # outer side, a little behind
+        "Heel": ("foot", heel + [0.0, -0.01, -0.03]),  # back of the heel
     }
-    for side, s in (("l", 1.0), ("r", -1.0)):
-        side_name = "left" if s > 0 else "right"
-        wrist, hand = J[20] * [s, 1, 1], J[22] * [s, 1, 1]
-        a_hand = _unit(hand - wrist)
-        tip = wrist + HAND_LENGTH * a_hand
-        targets[f"{side}eye"] = ("head", (0.034 * s, 0.428, 0.115))
-        targets[f"{side}ear"] = ("head", (0.095 * s, 0.415, 0.0))
-        # fingertips across the end of the mitten, index towards the thumb (+z)
-        for name, back, across in (("index", 0.010, 0.026), ("middle", 0.0, 0.009),
-                                   ("ring", 0.004, -0.009), ("pinky", 0.014, -0.026)):
-            targets[f"{side}{name}"] = (f"{side_name}_hand", tuple(tip - back * a_hand + [0, 0, across]))
-        heel, toe = _foot_points(J, int(s))
-        targets[f"{side}thumb"] = (f"{side_name}_thumb", tuple(
-            J[20] * [s, 1, 1] + [0.12 * s, -0.02, 0.12]))
-        big = side.upper() + "BigToe"
-        targets[big] = (f"{side_name}_foot", tuple(toe + [-0.022 * s, -0.01, -0.005]))
-        targets[side.upper() + "SmallToe"] = (f"{side_name}_foot", tuple(toe + [0.03 * s, -0.01, -0.035]))
-        targets[side.upper() + "Heel"] = (f"{side_name}_foot", tuple(heel + [0.0, -0.01, -0.03]))
+    targets = {"head_top": ("head", (0.0, HEAD_TOP_Y + 0.05, 0.01)),
+               "nose": ("head", (0.0, 0.392, 0.25))}
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        for name, (part, point) in left.items():
+            key = (side[0].upper() if name[0].isupper() else side[0]) + name
+            part = part if part == "head" else f"{side}_{part}"
+            targets[key] = (part, np.asarray(point, float) * [sign, 1.0, 1.0])
     return targets
 
 
@@ -499,9 +509,14 @@ def _bone_segments(J: np.ndarray) -> dict:
             segments[parent].append((J[parent], J[child]))
     segments[0].append((J[0], np.array([0.0, -0.37, 0.01])))  # pelvis also carries the crotch
     segments[15].append((J[15], np.array([0.0, HEAD_TOP_Y - 0.02, 0.03])))
-    for s, foot, hand, wrist in ((1, 10, 22, 20), (-1, 11, 23, 21)):
-        segments[foot].append((J[foot], _foot_points(J, s)[1]))
-        segments[hand].append((J[hand], J[wrist] + HAND_LENGTH * _unit(J[hand] - J[wrist])))
+    mirror = np.array([-1.0, 1.0, 1.0])
+    (heel, toe), fingertip = _left_foot_points(), _left_hand_points(J)["fingertip"]
+    segments[10].append((J[10], toe))
+    segments[11].append((J[11], toe * mirror))
+    segments[7].append((J[7], heel))  # the ankle carries the heel
+    segments[8].append((J[8], heel * mirror))
+    segments[22].append((J[22], fingertip))
+    segments[23].append((J[23], fingertip * mirror))
     return segments
 
 
@@ -509,6 +524,20 @@ def _distance_to_segment(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np
     ab = b - a
     t = np.clip((points - a) @ ab / max(float(ab @ ab), 1e-12), 0.0, 1.0)
     return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
+
+
+def _collar_side_fade(points: np.ndarray, joints) -> np.ndarray:
+    """A collar moves its own side of the chest only: fade it out across the midline.
+
+    Without this, vertices on the breastbone feel both collars, the neck and two spine
+    joints at once, and keeping 4 of those 5 makes the weights change steeply there.
+    """
+    fade = np.ones((len(points), len(joints)))
+    for k, j in enumerate(joints):
+        if j in (13, 14):
+            side = 1.0 if j == 13 else -1.0
+            fade[:, k] = _smoothstep(side * points[:, 0], 0.0, 0.08)
+    return fade
 
 
 def skinning_weights(body: Body, J: np.ndarray, max_influences: int = 4) -> np.ndarray:
@@ -527,14 +556,12 @@ def skinning_weights(body: Body, J: np.ndarray, max_influences: int = 4) -> np.n
             np.min([_distance_to_segment(points, a, b) for a, b in segments[j]], axis=0) ** 2
             for j in spec.joints], axis=1)
         logits = -(d2 - d2.min(axis=1, keepdims=True)) / (2.0 * spec.blend**2)
-        w = np.exp(logits)
+        w = np.exp(logits) * _collar_side_fade(points, spec.joints)
         w /= w.sum(axis=1, keepdims=True)
         if w.shape[1] > max_influences:
+            # Only entries above the 5th largest survive the subtraction: at most 4.
             fifth = np.sort(w, axis=1)[:, -(max_influences + 1)][:, None]
             w = np.maximum(w - fifth, 0.0)
-            # ties at the 4th/5th place would leave 5 survivors; drop the smallest extras
-            for row in np.nonzero((w > 0).sum(axis=1) > max_influences)[0]:
-                w[row, np.argsort(w[row])[:-max_influences]] = 0.0
             w /= w.sum(axis=1, keepdims=True)
         weights[np.ix_(mask, np.asarray(spec.joints))] = w
     weights[weights < 1e-6] = 0.0  # far tails carry no motion; keep the rows sparse
@@ -583,14 +610,14 @@ def shape_directions(body: Body) -> np.ndarray:
     dirs[:, 0, 5] = 0.08 * 0.17 * np.tanh(x / 0.17) * lower
     # 6 belly: the front of the waist pushes out
     belly = np.exp(-0.5 * ((x / 0.11) ** 2 + ((y + 0.06) / 0.11) ** 2)) * is_torso
-    front = _smoothstep(z - c[:, 2], -0.04, 0.06)
+    front = _smoothstep(z - c[:, 2], -0.08, 0.08)
     dirs[:, 2, 6] = 0.02 * belly * front
     dirs[:, 0, 6] = 0.008 * belly * np.tanh(x / 0.05)
     # 7 torso length: the chest, arms and head rise over a stretch of the spine
     dirs[:, 1, 7] = 0.06 * (_softplus(y + 0.20, 0.03) - _softplus(y - 0.12, 0.03))
     # 8 head size: the skull scales about its centre, fading out down the neck
     head_centre = np.array([0.0, 0.42, 0.015])
-    dirs[:, :, 8] = 0.08 * (_smoothstep(y, 0.27, 0.33) * is_head)[:, None] * (v - head_centre)
+    dirs[:, :, 8] = 0.08 * (_smoothstep(y, 0.24, 0.36) * is_head)[:, None] * (v - head_centre)
     # 9 limb thickness: arms and legs only
     dirs[:, :, 9] = 0.06 * is_limb[:, None] * outward
     return dirs
@@ -653,31 +680,44 @@ def fit_ring(points: np.ndarray, target: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def _ring_row(vertices, part_mask, centre, axis, slab, max_dist, target=None) -> np.ndarray:
-    """A regressor row over the vertices of a slab through `centre` perpendicular to `axis`."""
-    target = centre if target is None else np.asarray(target, float)
-    rel = vertices - centre
-    candidates = np.nonzero(part_mask & (np.abs(rel @ axis) < slab)
+def _ring_row(body: Body, parts, point, axis, max_dist: float, slab: float = 0.03) -> np.ndarray:
+    """A regressor row for `point` over a ring of vertices: the slab through it across `axis`.
+
+    The slab is thicker than the ring spacing so that rings on both sides of the point are
+    in it and the point lies inside their convex hull.
+    """
+    point = np.asarray(point, float)
+    rel = body.vertices - point
+    candidates = np.nonzero(_parts_mask(body, parts) & (np.abs(rel @ axis) < slab)
                             & (np.linalg.norm(rel, axis=1) < max_dist))[0]
-    row = np.zeros(len(vertices))
-    row[candidates] = fit_ring(vertices[candidates], target)
+    row = np.zeros(len(body.vertices))
+    row[candidates] = fit_ring(body.vertices[candidates], point)
     return row
 
 
-def _patch_row(vertices, part_mask, centre, radius, target) -> np.ndarray:
-    """A regressor row over the vertices within `radius` of a surface landmark."""
-    candidates = np.nonzero(part_mask & (np.linalg.norm(vertices - centre, axis=1) < radius))[0]
-    row = np.zeros(len(vertices))
-    row[candidates] = fit_ring(vertices[candidates], np.asarray(target, float))
+def _landmark_row(body: Body, normals: np.ndarray, vertex_id: int, inset: float = 0.004,
+                  radius: float = 0.018) -> np.ndarray:
+    """The head vertices around a surface landmark, regressing a point just under it."""
+    point = body.vertices[vertex_id]
+    candidates = np.nonzero(_parts_mask(body, ["head"])
+                            & (np.linalg.norm(body.vertices - point, axis=1) < radius))[0]
+    row = np.zeros(len(body.vertices))
+    row[candidates] = fit_ring(body.vertices[candidates], point - inset * normals[vertex_id])
     return row
+
+
+_UP = np.array([0.0, 1.0, 0.0])
+
+
+def _axis_of(body: Body, part: str) -> np.ndarray:
+    return body.axes[[s.name for s in body.specs].index(part)]
 
 
 def _joint_ring_specs(body: Body, J: np.ndarray) -> dict:
     """joint -> (parts, axis, max distance) of the ring that regresses it."""
-    up = np.array([0.0, 1.0, 0.0])
     axis_of = {s.name: a for s, a in zip(body.specs, body.axes)}
-    rings = {0: (["torso"], up, 0.25), 3: (["torso"], up, 0.25), 6: (["torso"], up, 0.25),
-             9: (["torso"], up, 0.25), 12: (["head"], up, 0.12), 15: (["head"], up, 0.15)}
+    rings = {0: (["torso"], _UP, 0.25), 3: (["torso"], _UP, 0.25), 6: (["torso"], _UP, 0.25),
+             9: (["torso"], _UP, 0.25), 12: (["head"], _UP, 0.12), 15: (["head"], _UP, 0.15)}
     for side, s in (("left", 1), ("right", -1)):
         joint = (lambda j: j) if s > 0 else (lambda j: _LEFT_TO_RIGHT[j])
         rings[joint(1)] = ([f"{side}_thigh"], axis_of[f"{side}_thigh"], 0.15)
@@ -703,48 +743,35 @@ def _parts_mask(body: Body, names) -> np.ndarray:
 def joint_regressor(body: Body, J: np.ndarray) -> np.ndarray:
     rows = np.zeros((NUM_JOINTS, len(body.vertices)))
     for j, (parts, axis, max_dist) in sorted(_joint_ring_specs(body, J).items()):
-        rows[j] = _ring_row(body.vertices, _parts_mask(body, parts), J[j], axis, 0.02, max_dist)
+        rows[j] = _ring_row(body, parts, J[j], axis, max_dist)
     return rows
-
-
-def _landmark_row(body: Body, vertex_id: int, inset: float = 0.004) -> np.ndarray:
-    """A few vertices around a surface landmark vertex, regressing a point just under it."""
-    normals = vertex_normals(body.vertices, body.faces)
-    point = body.vertices[vertex_id]
-    head = _parts_mask(body, ["head"])
-    return _patch_row(body.vertices, head, point, 0.018, point - inset * normals[vertex_id])
 
 
 def hmr19_regressor(body: Body, J: np.ndarray, joint_rows: np.ndarray) -> np.ndarray:
     """HMR's 19 cocoplus keypoints: LSP's 14, then nose, eyes, ears."""
-    ids = SMPLX_VERTEX_IDS
-    neck = _ring_row(body.vertices, _parts_mask(body, ["head"]), np.array([0.0, 0.255, -0.005]),
-                     np.array([0.0, 1.0, 0.0]), 0.02, 0.12)
+    normals = vertex_normals(body.vertices, body.faces)
     rows = [joint_rows[j] for j in (8, 5, 2, 1, 4, 7, 21, 19, 17, 16, 18, 20)]
-    rows += [neck, _landmark_row(body, HEAD_TOP_VERTEX, inset=0.006)]
-    rows += [_landmark_row(body, ids[k]) for k in ("nose", "leye", "reye", "lear", "rear")]
+    rows.append(_ring_row(body, ["head"], (0.0, 0.255, -0.005), _UP, 0.12))  # base of the neck
+    rows.append(_landmark_row(body, normals, HEAD_TOP_VERTEX, inset=0.006))
+    rows += [_landmark_row(body, normals, SMPLX_VERTEX_IDS[k])
+             for k in ("nose", "leye", "reye", "lear", "rear")]
     return np.stack(rows)
 
 
 def h36m_regressor(body: Body, J: np.ndarray, joint_rows: np.ndarray) -> np.ndarray:
     """Human3.6M's 17 joints in SPIN's order; hips sit a little wider and lower than SMPL's."""
-    up = np.array([0.0, 1.0, 0.0])
-    torso, head = _parts_mask(body, ["torso"]), _parts_mask(body, ["head"])
+    def hip(side, sign):
+        point = J[1] * [sign, 1.0, 1.0] + [0.015 * sign, -0.01, 0.0]
+        return _ring_row(body, [f"{side}_thigh"], point, _axis_of(body, f"{side}_thigh"), 0.15)
 
-    def hip(j, side):
-        parts = _parts_mask(body, [f"{side}_thigh"])
-        axis = body.axes[[s.name for s in body.specs].index(f"{side}_thigh")]
-        target = J[j] + [0.015 * (1 if side == "left" else -1), -0.01, 0.0]
-        return _ring_row(body.vertices, parts, J[j], axis, 0.02, 0.15, target)
-
-    pelvis = _ring_row(body.vertices, torso, J[0], up, 0.02, 0.25, 0.5 * (J[1] + J[2]) + [0, 0.02, 0])
-    spine = _ring_row(body.vertices, torso, np.array([0.0, 0.0, 0.02]), up, 0.02, 0.25)
-    thorax = _ring_row(body.vertices, head, np.array([0.0, 0.245, -0.005]), up, 0.02, 0.12)
-    nose = _ring_row(body.vertices, head, np.array([0.0, 0.39, 0.05]), up, 0.02, 0.15)
-    top = _ring_row(body.vertices, head, np.array([0.0, 0.47, 0.015]), up, 0.02, 0.15)
-    rows = [pelvis, hip(2, "right"), joint_rows[5], joint_rows[8], hip(1, "left"), joint_rows[4],
-            joint_rows[7], spine, thorax, nose, top, joint_rows[16], joint_rows[18], joint_rows[20],
-            joint_rows[17], joint_rows[19], joint_rows[21]]
+    pelvis = _ring_row(body, ["torso"], 0.5 * (J[1] + J[2]) + [0.0, 0.02, 0.0], _UP, 0.25)
+    spine = _ring_row(body, ["torso"], (0.0, 0.0, 0.02), _UP, 0.25)
+    thorax = _ring_row(body, ["head"], (0.0, 0.245, -0.005), _UP, 0.12)
+    nose = _ring_row(body, ["head"], (0.0, 0.39, 0.05), _UP, 0.15)  # H36M's "neck/nose"
+    top = _ring_row(body, ["head"], (0.0, 0.47, 0.015), _UP, 0.15)  # H36M's "head"
+    rows = [pelvis, hip("right", -1.0), joint_rows[5], joint_rows[8], hip("left", 1.0),
+            joint_rows[4], joint_rows[7], spine, thorax, nose, top, joint_rows[16],
+            joint_rows[18], joint_rows[20], joint_rows[17], joint_rows[19], joint_rows[21]]
     return np.stack(rows)
 
 
@@ -794,6 +821,7 @@ def _write_atomic(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -845,7 +873,7 @@ def mannequin_path() -> Path:
 # ---------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
-                        help="folder to write smpl/SMPL_NEUTRAL.pkl and smpl/J_regressor_h36m.npy into")
+                        help="folder to write smpl/SMPL_NEUTRAL.pkl and smpl/J_regressor_h36m.npy")
 
 
 def run(args) -> int:
