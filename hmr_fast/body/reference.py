@@ -79,22 +79,20 @@ def kinematic_chain(rot_mats, joints, parents, levels):
 
     rot_mats (B, 24, 3, 3) local rotations; joints (B, 24, 3) rest joints; parents a tuple
     of ints; levels a tuple of tuples of joint indices, root level first (`tree_levels`).
-    Returns (global rotations (B, 24, 3, 3), global translations = posed joints (B, 24, 3)).
+    A joint's parent is always on the level just above it, so each level is one batched
+    matmul against the previous level's result. Returns (global rotations (B, 24, 3, 3),
+    global translations = posed joints (B, 24, 3)).
     """
-    rot = [None] * len(parents)
-    trans = [None] * len(parents)
-    rot[0], trans[0] = rot_mats[:, 0], joints[:, 0]
-    for level in levels[1:]:
-        kids = list(level)
-        pars = [parents[j] for j in kids]
-        parent_rot = torch.stack([rot[p] for p in pars], dim=1)
-        parent_trans = torch.stack([trans[p] for p in pars], dim=1)
-        bone = joints[:, kids] - joints[:, pars]
-        level_rot = parent_rot @ rot_mats[:, kids]
-        level_trans = parent_trans + (parent_rot @ bone.unsqueeze(-1)).squeeze(-1)
-        for i, j in enumerate(kids):
-            rot[j], trans[j] = level_rot[:, i], level_trans[:, i]
-    return torch.stack(rot, dim=1), torch.stack(trans, dim=1)
+    bones = joints - joints[:, [max(p, 0) for p in parents]]  # the root's "bone" is unused
+    level_rot, level_trans = [rot_mats[:, list(levels[0])]], [joints[:, list(levels[0])]]
+    for above, level in zip(levels[:-1], levels[1:]):
+        where_parent = [above.index(parents[j]) for j in level]
+        parent_rot, parent_trans = level_rot[-1][:, where_parent], level_trans[-1][:, where_parent]
+        level_rot.append(parent_rot @ rot_mats[:, list(level)])
+        level_trans.append(parent_trans + (parent_rot @ bones[:, list(level), :, None])[..., 0])
+    order = [j for level in levels for j in level]
+    back = [order.index(j) for j in range(len(parents))]
+    return torch.cat(level_rot, dim=1)[:, back], torch.cat(level_trans, dim=1)[:, back]
 
 
 def skinning_transforms(global_rot, global_trans, joints):
