@@ -17,7 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# Light from the upper left, slightly in front of the viewer (x right, y down, z away).
+# Direction toward the light: upper left and in front, beside the viewer (x right, y down,
+# z away from the viewer).
 DEFAULT_LIGHT = (-0.4, -0.6, -1.0)
 _SUBPIXEL_BITS = 4  # fillConvexPoly's `shift`: vertices at 1/16 px keep thin faces steady
 
@@ -30,12 +31,11 @@ def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def lambert_shade(normals: np.ndarray, light=DEFAULT_LIGHT, ambient: float = 0.35) -> np.ndarray:
-    """Brightness per face (F,) in [ambient, 1]: ambient + diffuse * max(0, n . -l_dir).
+    """Brightness per face (F,) in [ambient, 1]: ambient + (1 - ambient) * max(0, n . l).
 
-    `light` is the direction light travels *from* the source; a face is lit when its
-    normal points back toward that source.
+    `light` is the direction from the surface toward the light source.
     """
-    to_light = -np.asarray(light, dtype=np.float64)
+    to_light = np.array(light, dtype=np.float64)
     to_light /= np.linalg.norm(to_light)
     diffuse = np.clip(normals @ to_light, 0.0, 1.0)
     return ambient + (1.0 - ambient) * diffuse

@@ -34,13 +34,45 @@ FILL_OUTPUTS_WITH_NAN = False
 _DEFAULT_SM_COUNT = 132
 
 
+_interpreting = None
+
+
 def interpreting() -> bool:
     """True when the kernels were created by triton's interpreter (TRITON_INTERPRET=1 at import)."""
-    if not HAVE_TRITON:
-        return False
-    from .rodrigues import rodrigues_fwd_kernel
+    global _interpreting
+    if _interpreting is None:
+        if not HAVE_TRITON:
+            return False
+        from .rotations import rodrigues_fwd_kernel
 
-    return type(rodrigues_fwd_kernel).__name__ == "InterpretedFunction"
+        _interpreting = type(rodrigues_fwd_kernel).__name__ == "InterpretedFunction"
+    return _interpreting
+
+
+NEEDS_CUDA = ("the Triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 to run its kernels on the CPU "
+              "(slow; for tests)")
+
+
+def usable(device) -> tuple:
+    """(usable, reason): can the kernels run on tensors of this device here?"""
+    device = torch.device(device)
+    if not HAVE_TRITON:
+        return False, "triton is not installed"
+    if device.type == "cuda":
+        return True, ""
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1" or interpreting():
+            if not interpreting():
+                return False, ("TRITON_INTERPRET=1 was set after hmr_fast.kernels was imported; set it "
+                               "before triton and hmr_fast.kernels are first imported")
+            return True, ""
+        return False, NEEDS_CUDA
+    return False, f"the Triton backend runs on CUDA devices (or the CPU under TRITON_INTERPRET=1), not {device.type}"
+
+
+def check_device(t: torch.Tensor) -> None:
+    if t.device.type != "cuda" and not (t.device.type == "cpu" and interpreting()):
+        raise RuntimeError(f"hmr_fast kernels cannot run on {t.device}: {usable(t.device)[1]}")
 
 
 def set_gemm_precision(precision: str) -> None:

@@ -1,0 +1,129 @@
+"""Person-crop datasets: what every image format shares (read, crop, augment, label).
+
+A format (SPIN npz, COCO json) only says, per sample, which image, which box and which
+labels (`CropRecord`); this class reads the image, cuts the 224 crop with the sample's
+augmentation, moves the labels with it and returns fixed-shape arrays, so every dataset
+batches with every other.
+
+An image that is missing or cannot be decoded does not stop training: the sample is
+skipped (the next index is served instead, so batches keep their size) and counted in
+the returned `skipped` field, which the training loop sums and logs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import cv2
+import numpy as np
+from torch.utils.data import Dataset
+
+from . import augment as aug_lib
+from .keypoints import HMR19_FLIP, NUM_HMR
+
+log = logging.getLogger(__name__)
+MAX_SKIPS = 64  # consecutive unreadable images before we decide the data is broken
+
+
+@dataclass
+class CropRecord:
+    """One sample's labels in source-image pixels (keypoints 19 x (x, y, vis))."""
+
+    image_path: str
+    center: np.ndarray  # (2,) pixels
+    box_size: float  # pixels (SPIN's scale * 200)
+    keypoints: np.ndarray  # (19, 3)
+    joints3d: Optional[np.ndarray] = None  # (19, 4) camera-frame metres + confidence
+    pose: Optional[np.ndarray] = None  # (72,) SMPL axis-angle, root in the camera frame
+    betas: Optional[np.ndarray] = None  # (10,)
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    enabled: bool = True
+    scale: float = 0.25
+    rotation: float = 30.0
+    rotation_prob: float = 0.6
+    flip_prob: float = 0.5
+    color: float = 0.4
+
+
+def read_image(path: str) -> Optional[np.ndarray]:
+    """RGB uint8 image, or None when the file is missing or does not decode."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except (OSError, cv2.error):
+        return None
+    if image is None:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class PersonCropDataset(Dataset):
+    """Base class: subclasses set `self.name` and implement `__len__` and `record(i)`.
+
+    Indexing takes an int (no augmentation) or (index, augmentation_key): the key seeds the
+    sample's augmentation, so a given (index, key) is the same crop in any worker, in any
+    run, which is what lets a resumed run see exactly the data it would have seen.
+    """
+
+    name = "dataset"
+
+    def __init__(self, img_size: int = 224, augment: Optional[AugmentSettings] = None):
+        self.img_size = int(img_size)
+        self.augment = augment if augment is not None and augment.enabled else None
+        self._warned = set()
+
+    def record(self, index: int) -> CropRecord:
+        raise NotImplementedError
+
+    def __getitem__(self, item):
+        index, key = (item, None) if isinstance(item, (int, np.integer)) else item
+        index = int(index)
+        for skipped in range(MAX_SKIPS):
+            i = (index + skipped) % len(self)
+            record = self.record(i)
+            image = read_image(record.image_path)
+            if image is not None:
+                return self.make_sample(record, image, key, i, skipped)
+            if record.image_path not in self._warned:
+                self._warned.add(record.image_path)
+                log.warning("%s: skipping unreadable image %s", self.name, record.image_path)
+        raise RuntimeError(f"{self.name}: {MAX_SKIPS} unreadable images in a row from index {index} "
+                           f"(e.g. {record.image_path}); is the image root right?")
+
+    def augmentation(self, key) -> aug_lib.Augmentation:
+        if self.augment is None or key is None:
+            return aug_lib.IDENTITY
+        a = self.augment
+        return aug_lib.sample_augmentation(np.random.default_rng(key), a.scale, a.rotation,
+                                           a.rotation_prob, a.flip_prob, a.color)
+
+    def make_sample(self, record: CropRecord, image: np.ndarray, key, index: int, skipped: int) -> dict:
+        aug = self.augmentation(key)
+        S = self.img_size
+        matrix = aug_lib.crop_matrix(record.center, record.box_size * aug.scale, S, aug.rotation, aug.flip)
+        crop = aug_lib.color_jitter(aug_lib.crop_image(image, matrix, S), aug.color)
+        keypoints = aug_lib.transform_keypoints(record.keypoints, matrix, S)
+        if aug.flip:  # the matrix mirrored the positions; the labels trade sides
+            keypoints = keypoints[list(HMR19_FLIP)]
+        has_3d = record.joints3d is not None
+        has_smpl = record.pose is not None and record.betas is not None
+        joints3d, pose = aug_lib.augment_labels(aug, record.joints3d if has_3d else None,
+                                                record.pose if has_smpl else None, HMR19_FLIP)
+        return {
+            "image": aug_lib.normalise_image(crop),
+            "keypoints": keypoints.astype(np.float32),
+            "joints3d": (joints3d if has_3d else np.zeros((NUM_HMR, 4))).astype(np.float32),
+            "pose": (pose if has_smpl else np.zeros(72)).astype(np.float32),
+            "betas": (record.betas[:10] if has_smpl else np.zeros(10)).astype(np.float32),
+            "has_3d": np.float32(has_3d),
+            "has_smpl": np.float32(has_smpl),
+            "skipped": np.int64(skipped),
+            "index": np.int64(index),
+        }

@@ -1,0 +1,84 @@
+"""AOTInductor export: a .pt2 package that loads and runs with torch alone.
+
+    hmr-fast export --checkpoint C --format aoti --out model.pt2 [--device cuda]
+    # anywhere with the same torch, no hmr_fast needed:
+    runner = torch._inductor.aoti_load_package("model.pt2")
+    rot_mats, betas, cam, joints3d, keypoints2d, vertices = runner(images)
+
+The exported graph is `InferenceModel` with the body model's plain-torch math: the Triton
+SMPL ops are registered by hmr_fast at import time, and a package that called them could
+not run without hmr_fast; Inductor instead generates its own fused kernels for the same
+math (Triton on CUDA, C++ on the CPU). The batch is dynamic in 1..max_batch. The metadata
+(img_size, joint_set, body model) is stored inside the package under "hmr_fast".
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from hmr_fast.infer.backends import InferenceModel, export_metadata, load_hmr
+
+METADATA_KEY = "hmr_fast"
+
+
+def package_module(module: torch.nn.Module, example: torch.Tensor, out_path, metadata: dict,
+                   max_batch: int = 64) -> Path:
+    """torch.export `module` (one tensor in, batch dim 0 dynamic in 1..max_batch) and compile it
+    into an AOTInductor package at out_path, written atomically."""
+    out_path = Path(out_path)
+    if out_path.suffix != ".pt2":
+        raise ValueError(f"--out for an AOTInductor package must end in .pt2, got {out_path}")
+    if max_batch < 2:
+        raise ValueError(f"max_batch must be >= 2 (the batch is a dynamic dimension), got {max_batch}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=int(max_batch))
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    tmp = out_path.with_name(f".{out_path.name}.partial.pt2")
+    meta = dict(metadata, max_batch=int(max_batch))
+    try:
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(tmp),
+            inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(meta)}})
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path
+
+
+def export_aoti(checkpoint, out_path, device="cpu", max_batch: int = 64, precision: str = "fp32") -> Path:
+    """Compile a checkpoint's inference graph (see the module docstring) into a .pt2 package."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device here")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision {precision!r} is for CUDA packages; CPU packages are fp32")
+    hmr, config = load_hmr(checkpoint, device)
+    model = InferenceModel(hmr, dtypes[precision], "reference", with_vertices=True).eval()
+    size = int(hmr.img_size)
+    example = torch.randn(2, 3, size, size, device=device)
+    metadata = dict(export_metadata(config), precision=precision, device=device.type)
+    return package_module(model, example, out_path, metadata, max_batch)
+
+
+def load_package(path, device=None):
+    """(runner, metadata) of a package written by `export_aoti`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"AOTInductor package {path} not found")
+    runner = torch._inductor.aoti_load_package(str(path))
+    meta = runner.get_metadata() if hasattr(runner, "get_metadata") else {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path} has no hmr_fast metadata (not written by `hmr-fast export --format aoti`)")
+    info = json.loads(meta[METADATA_KEY])
+    if device is not None and torch.device(device).type != info.get("device", "cpu"):
+        raise ValueError(f"{path} was compiled for {info.get('device')!r}, not {torch.device(device).type!r}: "
+                         "export it again with --device")
+    return runner, info

@@ -1,0 +1,107 @@
+"""Checkpoints: atomic writes, plain contents, loadable with torch.load(weights_only=True).
+
+A checkpoint is a dict of tensors, dicts, lists, strings and numbers only:
+  format        "hmr_fast.checkpoint/1"
+  config        the training config as a plain dict (its "model" section rebuilds the HMR)
+  model         HMR's state dict without the SMPL buffers (the body model is rebuilt from
+                config["model"]["smpl_model"], the mannequin when that is null)
+  step          optimisation steps done
+  ...           whatever else the trainer passes (discriminator, optimizers, schedulers,
+                rng states, data position); inference reads only config and model.
+Writing goes to a temp file in the same folder, fsync, then os.replace: a crash mid-write
+leaves the previous checkpoint intact, never a torn one.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "hmr_fast.checkpoint/1"
+SMPL_PREFIX = "smpl."
+
+
+def model_state(model) -> dict:
+    """The HMR's learnable state: everything but the body model's constant buffers."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(SMPL_PREFIX)}
+
+
+def atomic_torch_save(payload: dict, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path, model, config: dict, step: int = 0, **state) -> None:
+    """Write model + config (+ any trainer state given as keyword arguments) atomically."""
+    payload = {"format": FORMAT, "config": config, "model": model_state(model), "step": int(step), **state}
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """The raw checkpoint dict; never unpickles code (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an hmr_fast checkpoint (format {FORMAT!r} expected)")
+    for key in ("config", "model"):
+        if key not in payload:
+            raise ValueError(f"{path}: checkpoint is missing key {key!r}")
+    return payload
+
+
+def build_smpl(model_config: dict, device=None):
+    """The body model a config names: hmr_fast's SMPL (any backend) or smplx's layer."""
+    backend = model_config.get("smpl_backend", "auto")
+    joint_set = model_config.get("joint_set", "hmr19")
+    if backend == "smplx":
+        from .smplx_layer import SmplxLayer
+
+        smpl = SmplxLayer(model_config.get("smpl_model"), joint_set=joint_set)
+    else:
+        from hmr_fast.body import SMPL
+
+        smpl = SMPL(model_config.get("smpl_model"), backend=backend, joint_set=joint_set)
+    return smpl.to(device) if device is not None else smpl
+
+
+def build_model(model_config: dict, smpl=None, pretrained: bool = True):
+    """An HMR from a config's "model" section (pretrained=False skips loading backbone
+    weights, e.g. when a checkpoint's weights follow)."""
+    from .hmr import HMR
+
+    return HMR(backbone=model_config["backbone"], pose_repr=model_config["pose_repr"],
+               ief_iters=model_config["ief_iters"], img_size=model_config["img_size"],
+               joint_set=model_config["joint_set"], dropout=model_config.get("dropout", 0.5),
+               pretrained=model_config.get("pretrained") if pretrained else None,
+               smpl=smpl if smpl is not None else build_smpl(model_config))
+
+
+def load_checkpoint(path, map_location="cpu", smpl=None):
+    """(HMR in eval mode with the checkpoint's weights, the config dict) on map_location."""
+    payload = read_checkpoint(path, map_location)
+    config = payload["config"]
+    model = build_model(config["model"], smpl=smpl, pretrained=False)
+    model.load_state_dict(payload["model"], strict=False)
+    expected = set(model_state(model))
+    missing = expected - set(payload["model"])
+    unexpected = set(payload["model"]) - expected
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model its config describes "
+                         f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    return model.to(map_location).eval(), config

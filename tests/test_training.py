@@ -1,0 +1,188 @@
+"""Training: losses, config, the smoke run (loss falls), exact resume, bad data, eval."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmr_fast import cli
+from hmr_fast.body.reference import rodrigues
+from hmr_fast.data.spin_npz import DatasetFormatError
+from hmr_fast.data.synth import synthesize
+from hmr_fast.training import losses
+from hmr_fast.training.config import ConfigError, config_to_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+SMOKE = str(CONFIGS / "synthetic_smoke.yaml")
+# Tiny and quick: 64 px crops, resnet18, batch 4, no workers, one thread (faster than two
+# on a shared 2-core machine).
+TINY = ["model.img_size=64", "model.smpl_backend=reference", "data.num_workers=0", "train.batch_size=4",
+        "train.log_every=1", "train.eval_every=1000", "data.val_max_samples=4", "train.cpu_threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, num_images=20, num_val=4, num_prior=200, img_size=64, seed=1)
+    return out
+
+
+def _train(data, out, *extra, steps=4, resume=False):
+    argv = ["train", "--config", SMOKE, "--data", str(data), "--out", str(out), "--steps", str(steps), *TINY, *extra]
+    if resume:
+        argv.append("--resume")
+    assert cli.main(argv) == 0
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _loss_records(records):
+    return {r["step"]: r for r in records if "loss/total" in r}
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------
+def test_keypoint_loss_hand_computed_and_visibility_weighted():
+    gt = torch.tensor([[[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]])
+    pred = torch.tensor([[[0.2, -0.4], [5.0, 5.0]]], requires_grad=True)
+    loss = losses.keypoint_loss(pred, gt)
+    assert loss.item() == pytest.approx((0.2 + 0.4) / 2)  # the invisible keypoint does not count
+    loss.backward()
+    assert pred.grad[0, 1].abs().sum() == 0 and pred.grad[0, 0].abs().sum() > 0
+
+
+def test_joints3d_loss_is_pelvis_aligned_and_masked():
+    torch.manual_seed(0)
+    gt = torch.cat([torch.randn(2, 19, 3), torch.ones(2, 19, 1)], dim=-1)
+    shifted = gt[..., :3] + torch.tensor([1.0, -2.0, 3.0])
+    assert losses.joints3d_loss(shifted, gt, torch.ones(2)).item() == pytest.approx(0.0, abs=1e-10)
+    pred = (gt[..., :3] + 0.1 * torch.randn(2, 19, 3)).requires_grad_()
+    loss = losses.joints3d_loss(pred, gt, torch.ones(2))
+    assert loss.item() > 0
+    loss.backward()
+    assert pred.grad[:, 14:].abs().sum() == 0  # only LSP's 14 joints count
+    assert losses.joints3d_loss(pred, gt, torch.zeros(2)).item() == 0  # no sample has 3D
+
+
+def test_smpl_loss_zero_at_ground_truth_with_gradients():
+    pose = torch.randn(3, 72) * 0.3
+    betas = torch.randn(3, 10)
+    rot = rodrigues(pose.view(3, 24, 3))
+    assert losses.smpl_loss(rot, betas, pose, betas, torch.ones(3)).item() == pytest.approx(0.0, abs=1e-10)
+    pred_betas = (betas + 1).requires_grad_()
+    loss = losses.smpl_loss(rot, pred_betas, pose, betas, torch.tensor([1.0, 0.0, 1.0]))
+    # 0.5 * mean over 2 samples x 226 numbers of the squared error (10 betas off by 1 each)
+    assert loss.item() == pytest.approx(0.5 * 20 / (2 * 226))
+    loss.backward()
+    assert pred_betas.grad[1].abs().sum() == 0 and pred_betas.grad[0].abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["synthetic_smoke.yaml", "synthetic.yaml", "hmr_paper.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(CONFIGS / name)
+    assert config.train.batch_size > 0 and config.data.train
+
+
+def test_paper_defaults():
+    c = load_config(None)
+    assert (c.optim.encoder_lr, c.optim.discriminator_lr, c.train.batch_size) == (1e-5, 1e-4, 64)
+    assert (c.loss.keypoint_weight, c.loss.joints3d_weight, c.loss.adversarial_weight) == (60, 60, 1)
+    assert c.model.backbone == "resnet50" and c.model.ief_iters == 3
+
+
+def test_overrides_and_errors_name_the_key():
+    c = load_config(CONFIGS / "synthetic_smoke.yaml", ["train.steps=7", "optim.encoder_lr=1e-3",
+                                                        "data.prior=[a.npz, b]", "model.pretrained=null"])
+    assert c.train.steps == 7 and c.optim.encoder_lr == 1e-3 and c.data.prior == ["a.npz", "b"]
+    assert isinstance(config_to_dict(c)["data"]["train"][0], dict)
+    with pytest.raises(ConfigError, match="'model.bakbone'"):
+        load_config(None, ["model.bakbone=resnet18"])
+    with pytest.raises(ConfigError, match="'train.steps'.*integer"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match="'model.pose_repr'"):
+        load_config(None, ["model.pose_repr=quaternion"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.steps"])
+
+
+# ---------------------------------------------------------------------------------------
+# Training runs
+# ---------------------------------------------------------------------------------------
+def test_smoke_training_loss_falls(synth_dir, tmp_path):
+    """Overfit 16 synthetic images: the keypoint loss must fall clearly within 30 steps."""
+    records = _train(synth_dir, tmp_path / "run", "augment.enabled=false", "optim.encoder_lr=1e-3",
+                     "train.batch_size=8", steps=30)
+    kp = [r["loss/keypoints"] for r in _loss_records(records).values()]
+    assert len(kp) == 30
+    first, last = np.mean(kp[:5]), np.mean(kp[-5:])
+    assert last < 0.75 * first, kp
+    assert all(np.isfinite(r["loss/total"]) for r in _loss_records(records).values())
+    final = records[-1]
+    assert {"eval/pa_mpjpe_mm", "eval/mpjpe_mm", "eval/pck@0.05"} <= set(final)
+    assert (tmp_path / "run" / "tb").is_dir() and (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_resume_continues_exactly(synth_dir, tmp_path):
+    """4 steps straight vs 2 steps, stop, --resume to 4: steps 3 and 4 give identical losses
+    (augmentation, dropout, the prior draws and both optimizers all continue exactly)."""
+    straight = _loss_records(_train(synth_dir, tmp_path / "a", "train.checkpoint_every=2", steps=4))
+    _train(synth_dir, tmp_path / "b", steps=2)
+    resumed = _loss_records(_train(synth_dir, tmp_path / "b", steps=4, resume=True))
+    for step in (3, 4):
+        for key in ("loss/total", "loss/keypoints", "loss/adversarial", "loss/disc_real", "loss/disc_fake"):
+            assert resumed[step][key] == straight[step][key], (step, key)
+    assert straight[3]["loss/total"] != straight[4]["loss/total"]  # the comparison is not vacuous
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["data"]["batches_consumed"] == 4
+
+
+def test_refuses_to_overwrite_a_run_without_resume(synth_dir, tmp_path):
+    _train(synth_dir, tmp_path / "r", steps=1)
+    with pytest.raises(FileExistsError, match="--resume"):
+        _train(synth_dir, tmp_path / "r", steps=2)
+
+
+def test_corrupt_image_is_skipped_and_counted(synth_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    names = np.load(data / "train.npz")["imgname"]
+    (data / names[3]).write_bytes(b"\xff\xd8 truncated jpeg")
+    (data / names[7]).unlink()
+    records = _train(data, tmp_path / "run", steps=4)  # 4 x 4 = one epoch of the 16 images
+    assert _loss_records(records)[4]["skipped_images"] == 2
+
+
+def test_npz_with_missing_key_fails_before_training(synth_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    arrays = dict(np.load(data / "train.npz"))
+    del arrays["part"]
+    np.savez(data / "train.npz", **arrays)
+    with pytest.raises(DatasetFormatError, match="'part'"):
+        _train(data, tmp_path / "run", steps=2)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_eval_command_prints_metrics(synth_dir, tmp_path, capsys):
+    _train(synth_dir, tmp_path / "run", steps=1)
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(synth_dir),
+                     "--device", "cpu", "--workers", "0", "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    for name in ("MPJPE", "PA-MPJPE", "PCK@0.05", "PCK@0.1"):
+        assert name in printed
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["samples"] == 4 and result["pa_mpjpe_mm"] <= result["mpjpe_mm"] + 1e-6

@@ -1,0 +1,104 @@
+"""`hmr-fast eval`: MPJPE, PA-MPJPE and PCK of a checkpoint on a dataset.
+
+    hmr-fast eval --checkpoint RUN/last.pt --data DIR            (DIR/val.npz, images in DIR)
+    hmr-fast eval --checkpoint C --data some.npz --images ROOT   (any SPIN-style npz)
+    hmr-fast eval --checkpoint C --data person_keypoints.json --images ROOT  (COCO: PCK only)
+
+3D errors use LSP's 14 joints (the first 14 of HMR's 19), pelvis-aligned (hip midpoint)
+for MPJPE and per-sample similarity-Procrustes-aligned for PA-MPJPE, in millimetres, over
+samples with 3D ground truth. PCK@a counts visible keypoints within a x the crop side.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from hmr_fast import metrics
+from hmr_fast.data.keypoints import NUM_LSP
+
+THRESHOLDS = (0.05, 0.1)
+
+
+@torch.no_grad()
+def evaluate_model(model, loader, device, amp: bool = False) -> dict:
+    """Dataset means: mpjpe_mm, pa_mpjpe_mm (3D samples only), pck@0.05, pck@0.1, samples."""
+    was_training = model.training
+    model.eval()
+    sums = {"mpjpe_mm": [], "pa_mpjpe_mm": [], **{f"pck@{t}": [] for t in THRESHOLDS}}
+    samples = 0
+    for batch in loader:
+        images = batch["image"].to(device)
+        cast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
+        with cast:
+            out = model(images)
+        kp = batch["keypoints"].to(device)
+        for t in THRESHOLDS:
+            sums[f"pck@{t}"].append(metrics.pck(out.keypoints2d.float(), kp[..., :2], kp[..., 2], t))
+        gt3d = batch["joints3d"].to(device)[:, :NUM_LSP]
+        pred3d = out.joints3d.float()[:, :NUM_LSP]
+        has = batch["has_3d"].to(device) > 0
+        if has.any():
+            mask = gt3d[has, :, 3]
+            pred, gt = metrics.align_by_pelvis(pred3d[has]), metrics.align_by_pelvis(gt3d[has, :, :3])
+            sums["mpjpe_mm"].append(1000 * metrics.mpjpe(pred, gt, mask))
+            sums["pa_mpjpe_mm"].append(1000 * metrics.pa_mpjpe(pred, gt, mask))
+        samples += images.shape[0]
+    model.train(was_training)
+    result = {}
+    for key, values in sums.items():
+        values = torch.cat(values).double() if values else torch.empty(0)
+        values = values[~torch.isnan(values)]
+        result[key] = float(values.mean()) if len(values) else math.nan
+    result["samples"] = samples
+    return result
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by hmr-fast train")
+    parser.add_argument("--data", required=True, help="a folder (reads its val.npz), a SPIN-style npz or a COCO json")
+    parser.add_argument("--split", default="val.npz", help="the file read when --data is a folder")
+    parser.add_argument("--images", help="image root (default: the folder of --data)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-samples", type=int, default=0, help="evaluate only the first N (0 = all)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--json", help="also write the metrics to this JSON file")
+
+
+def build_eval_dataset(data, split: str, images, img_size: int):
+    from hmr_fast.data.coco import CocoDataset
+    from hmr_fast.data.spin_npz import SpinDataset
+
+    data = Path(data)
+    path = data / split if data.is_dir() else data
+    root = Path(images) if images else (data if data.is_dir() else data.parent)
+    if path.suffix == ".json":
+        return CocoDataset(path, root, img_size)
+    return SpinDataset(path, root, img_size)
+
+
+def run(args) -> int:
+    from hmr_fast.data.loader import make_eval_loader
+    from hmr_fast.model import load_checkpoint
+
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    model, config = load_checkpoint(args.checkpoint, map_location=device)
+    dataset = build_eval_dataset(args.data, args.split, args.images, config["model"]["img_size"])
+    if args.max_samples and args.max_samples < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(args.max_samples))
+    loader = make_eval_loader(dataset, args.batch_size, args.workers)
+    result = evaluate_model(model, loader, device, amp=device.type == "cuda")
+    print(f"MPJPE     {result['mpjpe_mm']:.1f} mm")
+    print(f"PA-MPJPE  {result['pa_mpjpe_mm']:.1f} mm")
+    print(f"PCK@0.05  {result['pck@0.05']:.3f}")
+    print(f"PCK@0.1   {result['pck@0.1']:.3f}")
+    print(f"samples   {result['samples']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0

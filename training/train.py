@@ -1,0 +1,432 @@
+"""`hmr-fast train`: HMR's adversarial training from a YAML config.
+
+    hmr-fast train --config training/configs/synthetic_smoke.yaml --data DIR --out RUN \
+        [--steps N] [--device cpu|cuda] [--resume] [key=value ...]
+    torchrun --nproc_per_node 8 -m hmr_fast.training.train --config ... (DistributedDataParallel)
+
+Each step: the encoder + IEF regressor predict theta for a batch of crops; SMPL (the fused
+Triton kernel on CUDA, joints only; the reference backend on CPU) gives 3D joints and
+their projections; the encoder minimises keypoint + 3D + SMPL + adversarial losses, then
+the discriminator takes an LSGAN step on prior samples (real) against every IEF
+iteration's parameters (fake), as HMR does.
+
+RUN/ gets: last.pt (atomic checkpoint), config.yaml, metrics.jsonl (one JSON object per
+log), tb/ (TensorBoard). --resume continues from RUN/last.pt exactly: model, both
+optimizers, schedulers, every RNG, the step and the data position.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from hmr_fast.body.reference import rodrigues
+from hmr_fast.data.coco import CocoDataset
+from hmr_fast.data.dataset import AugmentSettings
+from hmr_fast.data.loader import MixedDataset, make_eval_loader, make_train_loader
+from hmr_fast.data.prior import PosePrior
+from hmr_fast.data.spin_npz import SpinDataset
+from hmr_fast.model import Discriminator, build_model, build_smpl, lsgan_discriminator_loss, lsgan_generator_loss
+from hmr_fast.model.checkpoint import model_state, read_checkpoint, save_checkpoint
+
+from . import losses
+from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config, apply_overrides
+from .evaluate import evaluate_model
+
+log = logging.getLogger("hmr_fast.train")
+CHECKPOINT = "last.pt"
+LOSS_NAMES = ("loss/total", "loss/keypoints", "loss/joints3d", "loss/smpl", "loss/adversarial",
+              "loss/disc_real", "loss/disc_fake")
+
+
+# ---------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------
+class StepDecay:
+    """Multiply an optimizer's learning rates by gamma at each milestone step (plain state)."""
+
+    def __init__(self, optimizer, milestones, gamma: float):
+        self.optimizer = optimizer
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.step_count = 0
+
+    def step(self) -> None:
+        self.step_count += 1
+        factor = self.gamma ** sum(self.step_count >= m for m in self.milestones)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        self.base_lrs = list(state["base_lrs"])
+        self.step_count -= 1
+        self.step()  # re-apply the lr of the restored step
+
+
+def build_dataset(spec, data_dir: Path, img_size: int, augment):
+    path = data_dir / spec.path
+    images = data_dir / spec.images
+    if spec.kind == "spin":
+        return SpinDataset(path, images, img_size, augment)
+    if spec.kind == "coco":
+        return CocoDataset(path, images, img_size, augment)
+    raise ConfigError(f"dataset kind must be 'spin' or 'coco', got {spec.kind!r} (for {spec.path})")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def rng_state(device: torch.device, prior_generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "prior": prior_generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device, prior_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    prior_generator.set_state(state["prior"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def distributed_setup():
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend)
+    return dist.get_rank(), world, local_rank
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, config: Config, data_dir, out_dir, resume: bool = False):
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.out_dir = Path(out_dir)
+        self.rank, self.world, local_rank = distributed_setup()
+        tc = config.train
+        self.device = resolve_device(tc.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", local_rank)
+        if tc.batch_size % self.world:
+            raise ConfigError(f"train.batch_size {tc.batch_size} must divide by the {self.world} processes")
+        self.batch_size = tc.batch_size // self.world
+        if tc.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        self.amp = self.device.type == "cuda" and tc.amp in ("auto", "bf16")
+        if tc.cpu_threads > 0:
+            torch.set_num_threads(tc.cpu_threads)
+        torch.manual_seed(tc.seed + self.rank)
+
+        checkpoint = None
+        path = self.out_dir / CHECKPOINT
+        if resume:
+            checkpoint = read_checkpoint(path, map_location="cpu")
+        elif path.exists():
+            raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+
+        # Data: everything is checked here, before the first step.
+        aug = config.augment
+        augment = AugmentSettings(aug.enabled, aug.scale, aug.rotation, aug.rotation_prob, aug.flip_prob, aug.color)
+        img_size = config.model.img_size
+        train_sets = [build_dataset(s, self.data_dir, img_size, augment) for s in config.data.train]
+        self.train_set = MixedDataset(train_sets, [s.weight for s in config.data.train])
+        self.prior = PosePrior([self.data_dir / p for p in config.data.prior], config.data.prior_frame_stride)
+        self.val_set = None
+        if config.data.val is not None:
+            val = build_dataset(config.data.val, self.data_dir, img_size, None)
+            n = min(len(val), config.data.val_max_samples)
+            self.val_set = torch.utils.data.Subset(val, range(n)) if n < len(val) else val
+
+        # Models and optimizers.
+        model_cfg = config_to_dict(config)["model"]
+        self.smpl = build_smpl(model_cfg)
+        self.model = build_model(model_cfg, smpl=self.smpl).to(self.device)
+        self.discriminator = Discriminator().to(self.device)
+        if self.device.type == "cuda" and tc.channels_last:
+            self.model.encoder.to(memory_format=torch.channels_last)
+        oc = config.optim
+        self.e_opt = torch.optim.Adam(self.model.parameters(), lr=oc.encoder_lr, weight_decay=oc.encoder_weight_decay)
+        self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=oc.discriminator_lr,
+                                      weight_decay=oc.discriminator_weight_decay)
+        self.e_sched = StepDecay(self.e_opt, oc.lr_decay_steps, oc.lr_decay_gamma)
+        self.d_sched = StepDecay(self.d_opt, oc.lr_decay_steps, oc.lr_decay_gamma)
+        self.prior_generator = torch.Generator().manual_seed(tc.seed * 1000 + self.rank)
+        self.step = 0
+        self.batches_consumed = 0
+        self.skipped_images = 0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+        if tc.compile:
+            self.model.encoder.compile()  # in place: state-dict keys stay the same
+        self.train_model, self.train_disc = self.model, self.discriminator
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # SMPL's constant buffers need no broadcast each step (they never change).
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, ids, broadcast_buffers=False)
+            self.train_disc = torch.nn.parallel.DistributedDataParallel(self.discriminator, ids)
+
+        self.loader = make_train_loader(self.train_set, self.batch_size, tc.seed, config.data.num_workers,
+                                        start_batch=self.batches_consumed, rank=self.rank, world_size=self.world,
+                                        pin_memory=self.device.type == "cuda")
+        self.batches = iter(self.loader)
+        if checkpoint is not None:
+            # Last, after everything that might draw random numbers while being built.
+            rng = checkpoint["rng"]
+            if len(rng) == self.world:
+                set_rng_state(rng[self.rank], self.device, self.prior_generator)
+            else:
+                log.warning("checkpoint has RNG states of %d processes, this run has %d: RNG reseeded",
+                            len(rng), self.world)
+        self.is_main = self.rank == 0
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        self.writer = None
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict({**self.model.state_dict(), **ckpt["model"]})
+        self.discriminator.load_state_dict(ckpt["discriminator"])
+        self.e_opt.load_state_dict(ckpt["optimizers"]["encoder"])
+        self.d_opt.load_state_dict(ckpt["optimizers"]["discriminator"])
+        self.e_sched.load_state_dict(ckpt["schedulers"]["encoder"])
+        self.d_sched.load_state_dict(ckpt["schedulers"]["discriminator"])
+        self.step = int(ckpt["step"])
+        self.batches_consumed = int(ckpt["data"]["batches_consumed"])
+        self.skipped_images = int(ckpt["data"].get("skipped_images", 0))
+
+    def save(self) -> None:
+        states = [rng_state(self.device, self.prior_generator)]
+        if self.world > 1:
+            states = [None] * self.world
+            dist.all_gather_object(states, rng_state(self.device, self.prior_generator))
+            states = [{k: v.cpu() for k, v in s.items()} for s in states]
+        if not self.is_main:
+            return
+        save_checkpoint(
+            self.out_dir / CHECKPOINT, self.model, config_to_dict(self.config), step=self.step,
+            discriminator=self.discriminator.state_dict(),
+            optimizers={"encoder": self.e_opt.state_dict(), "discriminator": self.d_opt.state_dict()},
+            schedulers={"encoder": self.e_sched.state_dict(), "discriminator": self.d_sched.state_dict()},
+            rng=states,
+            data={"batches_consumed": self.batches_consumed, "skipped_images": self.skipped_images})
+
+    # -- one step -------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """One encoder step and one discriminator step; returns the losses (LOSS_NAMES) on the device."""
+        lc, dev = self.config.loss, self.device
+        b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+        images = b["image"]
+        if dev.type == "cuda" and self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        self.discriminator.train()
+        with self.autocast():
+            out = self.train_model(images)
+        kp = losses.keypoint_loss(out.keypoints2d, b["keypoints"])
+        j3d = losses.joints3d_loss(out.joints3d, b["joints3d"], b["has_3d"])
+        smpl = losses.smpl_loss(out.rot_mats, out.betas, b["pose"], b["betas"], b["has_smpl"])
+        e_loss = lc.keypoint_weight * kp + lc.joints3d_weight * j3d + lc.smpl_weight * smpl
+        adversarial = lc.adversarial_weight > 0 and self.step >= self.config.train.adversarial_start
+        # The discriminator judges every IEF iteration's pose and shape (HMR's fake set).
+        fake_rot = out.iter_rot_mats[:, :, 1:].flatten(0, 1)
+        fake_betas = out.iter_betas.flatten(0, 1)
+        adv = torch.zeros((), device=dev)
+        if adversarial:
+            # The bare module, not DDP: this pass only carries gradients to the encoder.
+            adv = lsgan_generator_loss(self.discriminator(fake_rot, fake_betas))
+            e_loss = e_loss + lc.adversarial_weight * adv
+        self.e_opt.zero_grad(set_to_none=True)
+        e_loss.backward()
+        self._clip(self.model.parameters())
+        self.e_opt.step()
+        self.e_sched.step()
+
+        d_real = d_fake = torch.zeros((), device=dev)
+        if adversarial:
+            real_pose, real_betas = self.prior.sample(fake_rot.shape[0], self.prior_generator)
+            real_rot = rodrigues(real_pose.to(dev).view(-1, 24, 3))[:, 1:]
+            # Real and fake through one call, so DDP sees one forward per backward.
+            scores = self.train_disc(torch.cat([real_rot, fake_rot.detach()]),
+                                     torch.cat([real_betas.to(dev), fake_betas.detach()]))
+            d_real, d_fake = lsgan_discriminator_loss(*scores.split([real_rot.shape[0], fake_rot.shape[0]]))
+            self.d_opt.zero_grad(set_to_none=True)
+            (lc.adversarial_weight * (d_real + d_fake)).backward()
+            self._clip(self.discriminator.parameters())
+            self.d_opt.step()
+        self.d_sched.step()
+        return torch.stack([e_loss, kp, j3d, smpl, adv, d_real, d_fake]).detach().float()
+
+    def _clip(self, params) -> None:
+        if self.config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.config.optim.grad_clip)
+
+    # -- evaluation and logging -----------------------------------------------------------
+    def evaluate(self) -> dict:
+        if self.val_set is None or not self.is_main:
+            return {}
+        loader = make_eval_loader(self.val_set, max(1, self.batch_size), min(2, self.config.data.num_workers))
+        metrics = evaluate_model(self.model, loader, self.device, amp=self.amp)
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, record["step"])
+        self.writer.flush()
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to train.steps (or train.time_limit_minutes); returns the last logged record."""
+        from tqdm import tqdm
+
+        tc = self.config.train
+        deadline = time.monotonic() + 60 * tc.time_limit_minutes if tc.time_limit_minutes > 0 else math.inf
+        sums, count, wait, busy = None, 0, 0.0, 0.0
+        last = {}
+        bar = tqdm(total=tc.steps, initial=self.step, disable=not self.is_main, dynamic_ncols=True,
+                   mininterval=1.0, desc="train")
+        t_log = time.perf_counter()
+        while self.step < tc.steps:
+            t0 = time.perf_counter()
+            batch = next(self.batches)
+            t1 = time.perf_counter()
+            values = self.train_step(batch)
+            t2 = time.perf_counter()
+            self.step += 1
+            self.batches_consumed += 1
+            self.skipped_images += int(batch["skipped"].sum())
+            # Losses stay on the device until a log line needs them: no host sync per step.
+            sums = values if sums is None else sums + values
+            wait, busy, count = wait + t1 - t0, busy + t2 - t1, count + 1
+            bar.update(1)
+            final = self.step == tc.steps or time.monotonic() > deadline
+            if self.step % tc.log_every == 0 or final:
+                elapsed = time.perf_counter() - t_log
+                record = {"step": self.step, **dict(zip(LOSS_NAMES, (sums / count).cpu().tolist())),
+                          "images_per_s": count * tc.batch_size / max(elapsed, 1e-9),
+                          "data_wait_frac": wait / max(wait + busy, 1e-9),
+                          "lr/encoder": self.e_opt.param_groups[0]["lr"],
+                          "skipped_images": self.skipped_images}
+                if self.device.type == "cuda":
+                    record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                self.log(record)
+                bar.set_postfix({"loss": f"{record['loss/total']:.3f}", "kp": f"{record['loss/keypoints']:.3f}",
+                                 "img/s": f"{record['images_per_s']:.0f}"})
+                last = record
+                sums, count, wait, busy = None, 0, 0.0, 0.0
+            if self.step % tc.eval_every == 0 or final:
+                metrics = self.evaluate()
+                if metrics:
+                    self.log({"step": self.step, **metrics})
+                    last.update(metrics)
+                    bar.write(f"step {self.step}: " + "  ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items()))
+            if self.step % tc.checkpoint_every == 0 or final:
+                self.save()
+            if count == 0:  # a log line was just written: time the next interval from here,
+                t_log = time.perf_counter()  # so evaluation and checkpoints don't count as training
+            if final:
+                break
+        bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        return last
+
+
+# ---------------------------------------------------------------------------------------
+# `hmr-fast train`
+# ---------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="YAML config (training/configs/*.yaml); with --resume, the run's own")
+    parser.add_argument("--data", required=True, help="data folder the config's relative paths start from")
+    parser.add_argument("--out", required=True, help="run folder: checkpoint, metrics, TensorBoard logs")
+    parser.add_argument("--steps", type=int, help="total steps (overrides train.steps)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides train.device")
+    parser.add_argument("--resume", action="store_true", help="continue RUN/last.pt exactly")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=32")
+
+
+def build_config(args) -> Config:
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
+    if args.resume:
+        path = Path(args.out) / CHECKPOINT
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: {path} not found")
+        saved = read_checkpoint(path)["config"]
+        return config_from_dict(apply_overrides(saved, overrides))
+    if args.config is None:
+        raise ConfigError("--config is required (except with --resume)")
+    return load_config(args.config, overrides)
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = build_config(args)
+    trainer = Trainer(config, args.data, args.out, resume=args.resume)
+    t0 = time.perf_counter()
+    last = trainer.fit()
+    if trainer.is_main:
+        summary = {k: round(v, 5) if isinstance(v, float) else v for k, v in last.items()}
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(summary))
+    if trainer.world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hmr_fast.training.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
