@@ -133,6 +133,9 @@ def phase_train(args) -> None:
         **sampler.summary(since=t0 + 30),  # after the first 30 s (worker start-up, compilation)
     }
     result.setdefault("sessions", []).append(session)
+    from hmr_fast.model import fused_smpl_kernel
+
+    result["fused_smpl_active"] = fused_smpl_kernel(trainer.smpl, trainer.device) is not None
     result.update(backend=args.backend, config=str(CONFIG.relative_to(REPO)), overrides=overrides,
                   device=device_name(), torch=torch.__version__, end={k: v for k, v in last.items() if k.startswith("eval/")})
     result_path.write_text(json.dumps(result, indent=1) + "\n")
@@ -223,6 +226,7 @@ def phase_report(args) -> None:
             "gpu_util_mean": statistics.mean(s["gpu_util_mean"] for s in sessions if "gpu_util_mean" in s)
             if any("gpu_util_mean" in s for s in sessions) else None,
             "torch_max_allocated_gb": max((s["torch_max_allocated_gb"] or 0) for s in sessions),
+            "fused_smpl_active": r.get("fused_smpl_active"),
             "pa_mpjpe_mm_start": r.get("start", {}).get("eval/pa_mpjpe_mm"),
             "pa_mpjpe_mm_end": r.get("end", {}).get("eval/pa_mpjpe_mm"),
             "mpjpe_mm_end": r.get("end", {}).get("eval/mpjpe_mm"),

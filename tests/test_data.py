@@ -119,7 +119,7 @@ def _write_spin_set(root, n=4, size=64, corrupt=(), missing=()):
 
 
 def _colour_at(sample, xy_norm, size):
-    rgb = A.denormalise_image(sample["image"])
+    rgb = sample["image"].transpose(1, 2, 0)
     x, y = np.round(A.from_normalised(np.asarray(xy_norm), size)).astype(int)
     return rgb[y, x]
 
@@ -137,6 +137,16 @@ def test_crop_labels_follow_the_image_through_flip_and_rotation(tmp_path):
     assert _colour_at(flipped, flipped["keypoints"][5, :2], 64)[0] > 150
     assert _colour_at(flipped, flipped["keypoints"][0, :2], 64)[1] > 150
     assert flipped["keypoints"][0, 2] == 1 and flipped["keypoints"][1, 2] == 0
+
+
+def test_normalise_images_matches_torchvision_statistics_and_applies_gains():
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    batch = torch.as_tensor(hwc.transpose(2, 0, 1)[None].copy())
+    np.testing.assert_allclose(A.normalise_images(batch)[0].numpy(), A.normalise_image(hwc), atol=1e-5)
+    expected = (hwc.astype(np.float64) * [2.0, 1.0, 0.5]).clip(max=255)
+    gained = A.normalise_images(batch, torch.tensor([[2.0, 1.0, 0.5]]))[0].numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(gained * A.IMAGENET_STD * 255 + A.IMAGENET_MEAN * 255, expected, atol=1e-3)
 
 
 def test_augmentation_is_a_function_of_the_key(tmp_path):
@@ -309,7 +319,7 @@ def test_synth_labels_agree_with_smpl(synth_dir, smpl):
 def test_synth_set_loads_as_a_dataset(synth_dir):
     ds = SpinDataset(synth_dir / "train.npz", synth_dir, img_size=64)
     sample = ds[0]
-    assert sample["image"].shape == (3, 64, 64)
+    assert sample["image"].shape == (3, 64, 64) and sample["image"].dtype == np.uint8
     assert sample["has_smpl"] == 1 and sample["has_3d"] == 1
     assert (np.abs(sample["keypoints"][:, :2]) < 1.2).all()
 

@@ -38,6 +38,9 @@ def test_hmr_output_shapes(model):
     assert out.iter_rot_mats.shape == (3, 2, 24, 3, 3) and out.iter_betas.shape == (3, 2, 10)
     with_verts = model(images, return_verts=True)
     assert with_verts.vertices.shape == (2, 6890, 3)
+    # the full-mesh path and the joints-only path agree
+    torch.testing.assert_close(with_verts.joints3d, out.joints3d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_verts.keypoints2d, out.keypoints2d, atol=1e-5, rtol=1e-5)
     # keypoints are the weak-perspective projection of the joints
     torch.testing.assert_close(out.keypoints2d, project_weak_perspective(out.joints3d, out.cam))
 
@@ -214,3 +217,53 @@ def test_theta_stays_float32_under_autocast():
     assert all(t.dtype == torch.float32 for t in thetas)
     # the upright root (pi) survives exactly enough to matter
     assert (thetas[-1][:, 3] - torch.pi).abs().max() < 0.05
+
+
+def test_fused_kernel_is_chosen_only_where_it_applies(smpl, monkeypatch):
+    import hmr_fast.kernels as kernels
+    from hmr_fast.model import fused_smpl_kernel
+
+    def fake(*args):
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(kernels, "smpl_joints_projected", fake, raising=False)
+    monkeypatch.setattr(kernels, "triton_usable", lambda device: (True, ""), raising=False)
+    auto = SMPL(joint_set="hmr19", backend="auto")
+    cuda = torch.device("cuda")
+    assert fused_smpl_kernel(auto, cuda) is fake
+    assert fused_smpl_kernel(auto, torch.device("cpu")) is None
+    assert fused_smpl_kernel(smpl, cuda) is None  # backend="reference" asked for the module
+    monkeypatch.setattr(kernels, "triton_usable", lambda device: (False, "no GPU"), raising=False)
+    assert fused_smpl_kernel(auto, cuda) is None
+
+
+def test_fused_kernel_call_matches_the_module_path(smpl):
+    """The arguments the switch passes to hmr_fast.kernels.smpl_joints_projected (flat
+    rotation matrices, no translation, pose2rot=False) give the module path's results; run
+    here on CPU tensors under Triton's interpreter."""
+    kernels = pytest.importorskip("hmr_fast.kernels")
+    if not hasattr(kernels, "smpl_joints_projected"):
+        pytest.skip("hmr_fast.kernels has no smpl_joints_projected here")
+    B = 2
+    rot = rodrigues(torch.randn(B, 24, 3) * 0.3)
+    betas, cam = torch.randn(B, 10), torch.tensor([[0.9, 0.1, -0.2]] * B)
+    joints, kp, _ = kernels.smpl_joints_projected(smpl, betas, rot.reshape(B, -1), None, cam, False, "hmr19")
+    expected_joints, expected_kp = smpl_joints_projected(smpl, betas, rot, cam, "hmr19")
+    torch.testing.assert_close(joints, expected_joints, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kp, expected_kp, atol=1e-5, rtol=1e-5)
+
+
+def test_smplx_layer_matches_hmr_fast_smpl(smpl):
+    """The baseline of the throughput comparison computes the same joints (smplx's layer on
+    the mannequin file, our joint-set rows on its vertices)."""
+    pytest.importorskip("smplx")
+    from hmr_fast.model.smplx_layer import SmplxLayer
+
+    layer = SmplxLayer(joint_set="hmr19")
+    assert not any(p.requires_grad for p in layer.parameters())
+    rot = rodrigues(torch.randn(2, 24, 3) * 0.3)
+    betas, cam = torch.randn(2, 10), torch.tensor([[0.9, 0.0, 0.1]] * 2)
+    joints, kp = smpl_joints_projected(layer, betas, rot, cam, "hmr19")
+    expected, expected_kp = smpl_joints_projected(smpl, betas, rot, cam, "hmr19")
+    torch.testing.assert_close(joints, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(kp, expected_kp, atol=1e-4, rtol=1e-4)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from hmr_fast import metrics
+from hmr_fast.data.augment import normalise_images
 from hmr_fast.data.keypoints import NUM_LSP
 
 THRESHOLDS = (0.05, 0.1)
@@ -31,7 +32,7 @@ def evaluate_model(model, loader, device, amp: bool = False) -> dict:
     sums = {"mpjpe_mm": [], "pa_mpjpe_mm": [], **{f"pck@{t}": [] for t in THRESHOLDS}}
     samples = 0
     for batch in loader:
-        images = batch["image"].to(device)
+        images = normalise_images(batch["image"].to(device))  # no colour augmentation here
         cast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else contextlib.nullcontext()
         with cast:
             out = model(images)

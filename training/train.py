@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,13 +32,14 @@ import torch.distributed as dist
 import yaml
 
 from hmr_fast.body.reference import rodrigues
+from hmr_fast.data.augment import normalise_images
 from hmr_fast.data.coco import CocoDataset
 from hmr_fast.data.dataset import AugmentSettings
 from hmr_fast.data.loader import MixedDataset, make_eval_loader, make_train_loader
 from hmr_fast.data.prior import PosePrior
 from hmr_fast.data.spin_npz import SpinDataset
 from hmr_fast.model import Discriminator, build_model, build_smpl, lsgan_discriminator_loss, lsgan_generator_loss
-from hmr_fast.model.checkpoint import model_state, read_checkpoint, save_checkpoint
+from hmr_fast.model.checkpoint import read_checkpoint, save_checkpoint
 
 from . import losses
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config, apply_overrides
@@ -175,7 +177,9 @@ class Trainer:
         if self.device.type == "cuda" and tc.channels_last:
             self.model.encoder.to(memory_format=torch.channels_last)
         oc = config.optim
-        self.e_opt = torch.optim.Adam(self.model.parameters(), lr=oc.encoder_lr, weight_decay=oc.encoder_weight_decay)
+        # The body model is fixed (smplx's layer registers placeholder parameters: not ours to train).
+        trained = [p for name, p in self.model.named_parameters() if not name.startswith("smpl.")]
+        self.e_opt = torch.optim.Adam(trained, lr=oc.encoder_lr, weight_decay=oc.encoder_weight_decay)
         self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=oc.discriminator_lr,
                                       weight_decay=oc.discriminator_weight_decay)
         self.e_sched = StepDecay(self.e_opt, oc.lr_decay_steps, oc.lr_decay_gamma)
@@ -192,8 +196,11 @@ class Trainer:
         self.train_model, self.train_disc = self.model, self.discriminator
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # SMPL's constant buffers need no broadcast each step (they never change).
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, ids, broadcast_buffers=False)
+            # SMPL's constant buffers need no broadcast each step (they never change);
+            # BatchNorm statistics stay per process, rank 0's are checkpointed.
+            with warnings.catch_warnings():  # newer torch renames broadcast_buffers; 2.11 lacks the new name
+                warnings.simplefilter("ignore", FutureWarning)
+                self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, ids, broadcast_buffers=False)
             self.train_disc = torch.nn.parallel.DistributedDataParallel(self.discriminator, ids)
 
         self.loader = make_train_loader(self.train_set, self.batch_size, tc.seed, config.data.num_workers,
@@ -252,7 +259,7 @@ class Trainer:
         """One encoder step and one discriminator step; returns the losses (LOSS_NAMES) on the device."""
         lc, dev = self.config.loss, self.device
         b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-        images = b["image"]
+        images = normalise_images(b["image"], b["color"])
         if dev.type == "cuda" and self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.model.train()
@@ -274,7 +281,7 @@ class Trainer:
             e_loss = e_loss + lc.adversarial_weight * adv
         self.e_opt.zero_grad(set_to_none=True)
         e_loss.backward()
-        self._clip(self.model.parameters())
+        self._clip(self.e_opt.param_groups[0]["params"])
         self.e_opt.step()
         self.e_sched.step()
 

@@ -25,7 +25,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 @dataclass(frozen=True)
 class Augmentation:
-    """One sample's augmentation: box scale factor, rotation (degrees), flip, RGB gains."""
+    """One sample's augmentation: box scale factor, rotation (degrees), flip, RGB gains
+    (the gains are applied with the normalisation, `normalise_images`)."""
 
     scale: float = 1.0
     rotation: float = 0.0
@@ -141,17 +142,26 @@ def augment_labels(aug: Augmentation, joints3d=None, pose=None, flip_perm=None):
     return joints3d, pose
 
 
-def color_jitter(image: np.ndarray, gains) -> np.ndarray:
-    """Per-channel gains on an RGB uint8 image (clipped to the valid range)."""
-    if tuple(gains) == (1.0, 1.0, 1.0):
-        return image
-    return np.clip(image.astype(np.float32) * np.asarray(gains, dtype=np.float32), 0, 255).astype(np.uint8)
-
-
 def normalise_image(rgb: np.ndarray) -> np.ndarray:
     """(S, S, 3) uint8 RGB -> (3, S, S) float32 with ImageNet's mean and std (torchvision's)."""
     x = (rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def normalise_images(images, gains=None):
+    """A batch of uint8 crops (B, 3, S, S) -> float32 normalised with ImageNet's statistics,
+    on the images' device; gains (B, 3) are the colour augmentation's per-channel factors
+    (the result clipped to 255 before normalising, as SPIN does). Datasets return uint8 so
+    the workers and the host-to-device copy move a quarter of the bytes; this runs on the GPU.
+    """
+    import torch
+
+    x = images.float()
+    if gains is not None:
+        x = (x * gains.to(x.device, x.dtype)[:, :, None, None]).clamp_(max=255.0)
+    mean = torch.as_tensor(IMAGENET_MEAN, device=x.device)[:, None, None] * 255.0
+    std = torch.as_tensor(IMAGENET_STD, device=x.device)[:, None, None] * 255.0
+    return (x - mean) / std
 
 
 def denormalise_image(chw: np.ndarray) -> np.ndarray:

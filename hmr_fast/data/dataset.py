@@ -3,7 +3,8 @@
 A format (SPIN npz, COCO json) only says, per sample, which image, which box and which
 labels (`CropRecord`); this class reads the image, cuts the 224 crop with the sample's
 augmentation, moves the labels with it and returns fixed-shape arrays, so every dataset
-batches with every other.
+batches with every other. The crop stays uint8 (3, S, S) with its colour gains beside it;
+`augment.normalise_images` applies both on the training device.
 
 An image that is missing or cannot be decoded does not stop training: the sample is
 skipped (the next index is served instead, so batches keep their size) and counted in
@@ -108,7 +109,7 @@ class PersonCropDataset(Dataset):
         aug = self.augmentation(key)
         S = self.img_size
         matrix = aug_lib.crop_matrix(record.center, record.box_size * aug.scale, S, aug.rotation, aug.flip)
-        crop = aug_lib.color_jitter(aug_lib.crop_image(image, matrix, S), aug.color)
+        crop = aug_lib.crop_image(image, matrix, S)
         keypoints = aug_lib.transform_keypoints(record.keypoints, matrix, S)
         if aug.flip:  # the matrix mirrored the positions; the labels trade sides
             keypoints = keypoints[list(HMR19_FLIP)]
@@ -117,7 +118,8 @@ class PersonCropDataset(Dataset):
         joints3d, pose = aug_lib.augment_labels(aug, record.joints3d if has_3d else None,
                                                 record.pose if has_smpl else None, HMR19_FLIP)
         return {
-            "image": aug_lib.normalise_image(crop),
+            "image": np.ascontiguousarray(crop.transpose(2, 0, 1)),  # uint8 RGB; see normalise_images
+            "color": np.asarray(aug.color, dtype=np.float32),
             "keypoints": keypoints.astype(np.float32),
             "joints3d": (joints3d if has_3d else np.zeros((NUM_HMR, 4))).astype(np.float32),
             "pose": (pose if has_smpl else np.zeros(72)).astype(np.float32),

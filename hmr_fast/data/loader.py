@@ -89,6 +89,15 @@ def collate(samples: list) -> dict:
     return {k: torch.as_tensor(np.stack([s[k] for s in samples])) for k in samples[0]}
 
 
+def _worker_init(worker_id: int) -> None:
+    """One thread per worker for OpenCV and torch: the workers are the parallelism, and
+    threads inside each would only oversubscribe the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def make_train_loader(dataset: MixedDataset, batch_size: int, seed: int, num_workers: int = 4,
                       start_batch: int = 0, rank: int = 0, world_size: int = 1,
                       pin_memory: bool = False) -> DataLoader:
@@ -97,11 +106,11 @@ def make_train_loader(dataset: MixedDataset, batch_size: int, seed: int, num_wor
     # A private generator: creating the loader must not draw from torch's global RNG, which
     # drives dropout and has to continue exactly across a resume.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0, worker_init_fn=_worker_init,
                       prefetch_factor=4 if num_workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed))
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 2) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate, generator=torch.Generator().manual_seed(0))
+                      collate_fn=collate, worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0))

@@ -92,10 +92,17 @@ def build_model(model_config: dict, smpl=None, pretrained: bool = True):
                smpl=smpl if smpl is not None else build_smpl(model_config))
 
 
-def load_checkpoint(path, map_location="cpu", smpl=None):
-    """(HMR in eval mode with the checkpoint's weights, the config dict) on map_location."""
+def load_checkpoint(path, map_location="cpu", smpl=None, smpl_backend: str = "auto"):
+    """(HMR in eval mode with the checkpoint's weights, the config dict) on map_location.
+
+    The body model is config["model"]["smpl_model"] (the mannequin when null) with
+    `smpl_backend` ("auto": the Triton kernels on CUDA), whatever backend training used;
+    pass `smpl` to supply one instead.
+    """
     payload = read_checkpoint(path, map_location)
     config = payload["config"]
+    if smpl is None:
+        smpl = build_smpl({**config["model"], "smpl_backend": smpl_backend})
     model = build_model(config["model"], smpl=smpl, pretrained=False)
     model.load_state_dict(payload["model"], strict=False)
     expected = set(model_state(model))

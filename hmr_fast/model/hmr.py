@@ -29,23 +29,30 @@ class HMROutput:
     iter_cams: Optional[torch.Tensor] = None  # (T, B, 3)
 
 
+def fused_smpl_kernel(smpl, device):
+    """hmr_fast.kernels.smpl_joints_projected when it applies (hmr_fast's SMPL with backend
+    auto/triton, a CUDA device, the kernels importable and Triton usable there), else None."""
+    if device.type != "cuda" or getattr(smpl, "backend", None) not in ("auto", "triton"):
+        return None
+    try:
+        from hmr_fast.kernels import smpl_joints_projected as fused, triton_usable
+    except ImportError:
+        return None
+    return fused if triton_usable(device)[0] else None
+
+
 def smpl_joints_projected(smpl, betas, rot_mats, cam, joint_set: str):
     """(joints3d (B, J, 3), keypoints2d (B, J, 2)) of posed bodies, joints only.
 
-    The one place the SMPL implementation is chosen: hmr_fast's SMPL on a CUDA tensor uses
-    the fused Triton kernel (joints, projection and their backward in one op) when
-    `hmr_fast.kernels` provides it and Triton works there; anything else (CPU, the
-    reference backend, smplx's layer) runs the module and the reference projection.
+    The one place the SMPL implementation is chosen: the fused Triton kernel (joints,
+    projection and their backward in one op) where `fused_smpl_kernel` finds it; anything
+    else (CPU, the reference backend, smplx's layer) runs the module and the reference
+    weak-perspective projection.
     """
-    if rot_mats.is_cuda and getattr(smpl, "backend", None) in ("auto", "triton"):
-        try:
-            from hmr_fast.kernels import smpl_joints_projected as fused, triton_usable
-        except ImportError:
-            fused = None
-        if fused is not None and triton_usable(rot_mats.device)[0]:
-            joints, keypoints, _ = fused(smpl, betas, rot_mats.reshape(rot_mats.shape[0], -1), None, cam,
-                                         False, joint_set)
-            return joints, keypoints
+    fused = fused_smpl_kernel(smpl, rot_mats.device)
+    if fused is not None:
+        joints, keypoints, _ = fused(smpl, betas, rot_mats.reshape(rot_mats.shape[0], -1), None, cam, False, joint_set)
+        return joints, keypoints
     out = smpl(betas=betas, global_orient=rot_mats[:, :1], body_pose=rot_mats[:, 1:], pose2rot=False,
                return_verts=False, joint_set=joint_set)
     return out.joints, project_weak_perspective(out.joints, cam)
@@ -83,12 +90,15 @@ class HMR(nn.Module):
         with torch.autocast(images.device.type, enabled=False):
             params = [self.regressor.split(t.float()) for t in thetas]
             cam, rot_mats, betas = params[-1]
-            with torch.profiler.record_function("hmr.smpl"):  # a named range for profiles
-                joints3d, keypoints2d = smpl_joints_projected(self.smpl, betas, rot_mats, cam, self.joint_set)
             vertices = None
-            if return_verts:
-                vertices = self.smpl(betas=betas, global_orient=rot_mats[:, :1], body_pose=rot_mats[:, 1:],
-                                     pose2rot=False, return_verts=True, joint_set=self.joint_set).vertices
+            with torch.profiler.record_function("hmr.smpl"):  # a named range for profiles
+                if return_verts:  # the whole mesh: one full forward gives joints and vertices
+                    body = self.smpl(betas=betas, global_orient=rot_mats[:, :1], body_pose=rot_mats[:, 1:],
+                                     pose2rot=False, return_verts=True, joint_set=self.joint_set)
+                    vertices, joints3d = body.vertices, body.joints
+                    keypoints2d = project_weak_perspective(joints3d, cam)
+                else:  # training: joints only
+                    joints3d, keypoints2d = smpl_joints_projected(self.smpl, betas, rot_mats, cam, self.joint_set)
         return HMROutput(
             rot_mats=rot_mats, betas=betas, cam=cam, joints3d=joints3d, keypoints2d=keypoints2d,
             vertices=vertices, thetas=thetas,

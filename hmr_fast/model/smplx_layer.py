@@ -30,6 +30,9 @@ class SmplxLayer(nn.Module):
             model_path = mannequin_path()
         data = load_model_file(model_path)
         self.layer = smplx.SMPL(model_path=str(model_path), num_betas=data.num_betas)
+        # smplx registers default pose / shape parameters; here every input is given, so
+        # they are constants (and DDP must not wait for their gradients).
+        self.layer.requires_grad_(False)
         self.faces = data.faces.astype(np.int64)
         self.num_betas = data.num_betas
         self.default_joint_set = joint_set
