@@ -71,3 +71,24 @@ def test_forward_backward(benchmark, layers, impl, batch):
 
     grads = benchmark.pedantic(step, **_rounds(batch))
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("impl", ["smplx", "reference"])
+def test_joints_forward_backward(benchmark, layers, impl, batch):
+    """The training case: a loss on HMR's 19 keypoints only. smplx has no joints-only path,
+    so it poses all 6890 vertices and regresses from them; the reference poses only the
+    vertices the joint set reads."""
+    layer, inputs = layers[impl], _inputs(batch, requires_grad=True)
+    benchmark.group = f"joints-only forward+backward B={batch}"
+    benchmark.extra_info.update(impl=impl, batch=batch, mode="joints-only forward+backward")
+
+    def step():
+        if impl == "smplx":
+            joints = layer(**inputs).joints
+        else:
+            joints = layer(**inputs, return_verts=False, joint_set="hmr19").joints
+        return torch.autograd.grad(joints.square().mean(), [inputs["body_pose"], inputs["betas"]])
+
+    grads = benchmark.pedantic(step, **_rounds(batch))
+    assert all(torch.isfinite(g).all() for g in grads)

@@ -1,11 +1,21 @@
-"""Benchmarks load the tests' fixtures (random models, the float32-exact mannequin)."""
+"""Benchmarks reuse the tests' fixtures (random models, the float32-exact mannequin).
+
+tests/conftest.py is loaded under its own module name: a plain `from conftest import ...`
+here would import this file itself.
+"""
+import importlib.util
 import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from conftest import mannequin_data, mannequin_smplx_dir  # noqa: E402,F401
+_TESTS = os.path.join(os.path.dirname(__file__), "..", "tests")
+sys.path.insert(0, _TESTS)
+_spec = importlib.util.spec_from_file_location("hmr_fast_tests_conftest", os.path.join(_TESTS, "conftest.py"))
+_tests_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tests_conftest)
+mannequin_data = _tests_conftest.mannequin_data
+mannequin_smplx_dir = _tests_conftest.mannequin_smplx_dir

@@ -111,7 +111,7 @@ def blend_skin_fwd_kernel(
     chunk_list_ptr, chunk_count_ptr, out_ptr,
     B, N, C_PAD, N_PAD, MAX_CHUNKS,
     NJ: tl.constexpr, K: tl.constexpr, HAS_TRANSL: tl.constexpr, SPARSE: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, LIST_BLOCK_N: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     vb = tl.program_id(1)
@@ -119,7 +119,8 @@ def blend_skin_fwd_kernel(
     rn = vb * BLOCK_N + tl.arange(0, BLOCK_N)
     mb = rb < B
     ACC_DT: tl.constexpr = out_ptr.dtype.element_ty
-    px, py, pz = _blend(coeffs_ptr, dirs_ptr, tmpl_ptr, chunk_list_ptr, chunk_count_ptr, rb, mb, rn, vb,
+    lb = (vb * BLOCK_N) // LIST_BLOCK_N  # the block-sparsity block holding this tile
+    px, py, pz = _blend(coeffs_ptr, dirs_ptr, tmpl_ptr, chunk_list_ptr, chunk_count_ptr, rb, mb, rn, lb,
                         C_PAD, N_PAD, MAX_CHUNKS, ACC_DT, SPARSE, PREC, BLOCK_B, BLOCK_N, BLOCK_C)
 
     # rows past B read sample B-1's transforms (always in bounds, no mask) and are never stored
@@ -153,6 +154,7 @@ def blend_skin_bwd_kernel(
     B, N, C_PAD, N_PAD, MAX_CHUNKS, NUM_VBLOCKS, NUM_SPLITS,
     NJ: tl.constexpr, JP: tl.constexpr, K: tl.constexpr, SPARSE: tl.constexpr, PREC: tl.constexpr,
     T_PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    LIST_BLOCK_N: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -179,7 +181,8 @@ def blend_skin_bwd_kernel(
     sz = tl.zeros((BLOCK_B,), dtype=ACC_DT)
     for vb in range(pid_s, NUM_VBLOCKS, NUM_SPLITS):
         rn = vb * BLOCK_N + tl.arange(0, BLOCK_N)
-        px, py, pz = _blend(coeffs_ptr, dirs_ptr, tmpl_ptr, chunk_list_ptr, chunk_count_ptr, rb, mb, rn, vb,
+        lb = (vb * BLOCK_N) // LIST_BLOCK_N
+        px, py, pz = _blend(coeffs_ptr, dirs_ptr, tmpl_ptr, chunk_list_ptr, chunk_count_ptr, rb, mb, rn, lb,
                             C_PAD, N_PAD, MAX_CHUNKS, ACC_DT, SPARSE, PREC, BLOCK_B, BLOCK_N, BLOCK_C)
         mo = mb[:, None] & (rn < N)[None, :]
         g = g_out_ptr + rb[:, None] * (N * 3) + rn[None, :] * 3
@@ -201,7 +204,7 @@ def blend_skin_bwd_kernel(
             qy += tl.load(t + 1) * wx + tl.load(t + 5) * wy + tl.load(t + 9) * wz
             qz += tl.load(t + 2) * wx + tl.load(t + 6) * wy + tl.load(t + 10) * wz
         gp = gp_ptr + rb[:, None] * N_PAD + rn[None, :]
-        mg = mb[:, None] & (rn < N_PAD)[None, :]
+        mg = mb[:, None] & (rn < N)[None, :]
         tl.store(gp, qx, mask=mg)
         tl.store(gp + B * N_PAD, qy, mask=mg)
         tl.store(gp + 2 * B * N_PAD, qz, mask=mg)
@@ -245,9 +248,9 @@ def blend_skin_bwd_kernel(
 @triton.jit
 def blend_coeffs_bwd_kernel(
     gp_ptr, dirs_ptr, chunk_mask_ptr, part_c_ptr,
-    B, C_PAD, N_PAD, NUM_CHUNKS, NUM_VBLOCKS, NUM_SPLITS,
+    B, N, C_PAD, N_PAD, NUM_CHUNKS, NUM_VBLOCKS, NUM_SPLITS,
     SPARSE: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, LIST_BLOCK_N: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -260,15 +263,15 @@ def blend_coeffs_bwd_kernel(
     for vb in range(pid_s, NUM_VBLOCKS, NUM_SPLITS):
         visit = True
         if SPARSE:
-            visit = tl.load(chunk_mask_ptr + vb * NUM_CHUNKS + chunk) != 0
+            visit = tl.load(chunk_mask_ptr + ((vb * BLOCK_N) // LIST_BLOCK_N) * NUM_CHUNKS + chunk) != 0
         if visit:
             rn = vb * BLOCK_N + tl.arange(0, BLOCK_N)
             gp = gp_ptr + rb[:, None] * N_PAD + rn[None, :]
+            mg = mb[:, None] & (rn < N)[None, :]
             d = dirs_ptr + rc[None, :] * N_PAD + rn[:, None]
-            acc = _dot(tl.load(gp, mask=mb[:, None], other=0.0), tl.load(d), acc, PREC)
-            acc = _dot(tl.load(gp + B * N_PAD, mask=mb[:, None], other=0.0), tl.load(d + C_PAD * N_PAD), acc, PREC)
-            acc = _dot(tl.load(gp + 2 * B * N_PAD, mask=mb[:, None], other=0.0), tl.load(d + 2 * C_PAD * N_PAD),
-                       acc, PREC)
+            acc = _dot(tl.load(gp, mask=mg, other=0.0), tl.load(d), acc, PREC)
+            acc = _dot(tl.load(gp + B * N_PAD, mask=mg, other=0.0), tl.load(d + C_PAD * N_PAD), acc, PREC)
+            acc = _dot(tl.load(gp + 2 * B * N_PAD, mask=mg, other=0.0), tl.load(d + 2 * C_PAD * N_PAD), acc, PREC)
     tl.store(part_c_ptr + pid_s * (B * C_PAD) + rb[:, None] * C_PAD + rc[None, :], acc, mask=mb[:, None])
 
 
@@ -330,8 +333,10 @@ def build_skin_mesh(template, blend_dirs, skin_indices, skin_weights, weights, n
 
     # block sparsity of the blend directions, tile = (BLOCK_C coefficients, BLOCK_N vertices)
     nvb, nch = n_pad // block_n, c_pad // BLOCK_C
-    nonzero = (planes != 0).any(0).view(nch, BLOCK_C, nvb, block_n).any(3).any(1).t().cpu().numpy()  # (nvb, nch)
-    zero_fraction = float(1.0 - nonzero.mean()) if nonzero.size else 0.0
+    nonzero = (planes != 0).any(0).view(nch, BLOCK_C, nvb, block_n).any(3).any(1).t()
+    nonzero = np.ascontiguousarray(nonzero.cpu().numpy())  # (nvb, nch), row-major as the kernels index it
+    real = nonzero[: cdiv(N, block_n)]  # blocks past the last vertex are never visited
+    zero_fraction = float(1.0 - real.mean()) if real.size else 0.0
     counts = nonzero.sum(1).astype(np.int32)
     max_chunks = max(1, int(counts.max()) if counts.size else 1)
     lists = np.zeros((nvb, max_chunks), dtype=np.int32)
@@ -341,7 +346,7 @@ def build_skin_mesh(template, blend_dirs, skin_indices, skin_weights, weights, n
     if sparse is None:
         sparse = zero_fraction >= SPARSE_MIN_ZERO_FRACTION
     bf16 = planes.to(torch.bfloat16) if dtype == torch.float32 else None
-    as_dev = lambda a, dt: torch.as_tensor(a, dtype=dt).to(device)  # noqa: E731
+    as_dev = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a), dtype=dt).to(device).contiguous()  # noqa: E731
     return SkinMesh(
         num_vertices=N, template_planes=tmpl, dirs_planes=planes, dirs_planes_bf16=bf16,
         skin_indices=sidx, skin_weights=sw, weights_dense=wd,
@@ -351,19 +356,41 @@ def build_skin_mesh(template, blend_dirs, skin_indices, skin_weights, weights, n
 
 
 # ----------------------------------------------------------------------------- configs
+TENSOR_CORE_PRECISIONS = ("tf32", "tf32x3", "bf16")
+
+# Tile shapes below were chosen with compile_check on sm_90 (ptxas: no spills); they still wait
+# for timings on a GPU. A mesh built for the interpreter (block_n = INTERPRETER_BLOCK_N) runs
+# one tile per sparsity block instead.
+
+
 def forward_config(batch: int, dtype: torch.dtype, precision: str, block_n: int = BLOCK_N) -> dict:
-    """Tile sizes of the forward kernel (shared with compile_check)."""
-    bb = batch_block(batch, 16, 64 if dtype == torch.float32 else 32)
-    return dict(BLOCK_B=bb, BLOCK_N=block_n, BLOCK_C=BLOCK_C, num_warps=8 if bb >= 64 else 4, num_stages=2)
+    """Tile sizes of the forward kernel (shared with compile_check). block_n: the mesh's."""
+    if block_n > BLOCK_N:  # interpreter
+        return dict(BLOCK_B=batch_block(batch, 16, 64), BLOCK_N=block_n, BLOCK_C=BLOCK_C, LIST_BLOCK_N=block_n,
+                    num_warps=4, num_stages=2)
+    if dtype == torch.float64:
+        bb, bn, warps = batch_block(batch, 16, 32), 32, 8
+    elif precision in TENSOR_CORE_PRECISIONS:  # 64 x 64 spills around the MMA accumulators
+        bb, bn, warps = batch_block(batch, 16, 64), 32, 8
+    else:  # IEEE float32 on CUDA cores: 3 x (64 x 64) accumulators over 8 warps, 254 registers
+        bb = batch_block(batch, 16, 64)
+        bn, warps = 64, 8 if bb >= 64 else 4
+    return dict(BLOCK_B=bb, BLOCK_N=min(bn, block_n), BLOCK_C=BLOCK_C, LIST_BLOCK_N=block_n, num_warps=warps,
+                num_stages=2)
 
 
 def backward_config(batch: int, dtype: torch.dtype, precision: str, block_n: int = BLOCK_N) -> dict:
-    return dict(BLOCK_B=16, BLOCK_N=block_n, BLOCK_C=BLOCK_C, num_warps=4, num_stages=2)
+    if block_n > BLOCK_N:
+        return dict(BLOCK_B=batch_block(batch, 16, 64), BLOCK_N=block_n, BLOCK_C=BLOCK_C, LIST_BLOCK_N=block_n,
+                    num_warps=4, num_stages=2)
+    bn = 32 if dtype == torch.float64 else 64
+    return dict(BLOCK_B=16, BLOCK_N=min(bn, block_n), BLOCK_C=BLOCK_C, LIST_BLOCK_N=block_n, num_warps=8,
+                num_stages=2)
 
 
 def coeffs_backward_config(batch: int, dtype: torch.dtype, precision: str, block_n: int = BLOCK_N) -> dict:
     bb = batch_block(batch, 16, 64 if dtype == torch.float32 else 32)
-    return dict(BLOCK_B=bb, BLOCK_N=block_n, BLOCK_C=BLOCK_C, num_warps=4, num_stages=2)
+    return dict(BLOCK_B=bb, BLOCK_N=block_n, BLOCK_C=BLOCK_C, LIST_BLOCK_N=block_n, num_warps=4, num_stages=2)
 
 
 def backward_precisions(precision: str) -> tuple:
@@ -396,7 +423,7 @@ def blend_skin_launch(coeffs, transforms, transl, template_planes, dirs_planes, 
     prec = kernel_precision(precision, coeffs.dtype)
     block_n = n_pad // chunk_count.shape[0]
     cfg = forward_config(B, coeffs.dtype, precision, block_n)
-    grid = (cdiv(B, cfg["BLOCK_B"]), cdiv(N, block_n))
+    grid = (cdiv(B, cfg["BLOCK_B"]), cdiv(N, cfg["BLOCK_N"]))
     blend_skin_fwd_kernel[grid](
         coeffs, transforms, coeffs if transl is None else transl.contiguous(), template_planes, dirs_planes,
         skin_indices, skin_weights, chunk_list, chunk_count, out,
@@ -413,13 +440,13 @@ def blend_skin_backward_launch(g_out, coeffs, transforms, template_planes, dirs_
     N = num_vertices
     n_pad = template_planes.shape[1]
     block_n = n_pad // chunk_count.shape[0]
-    nvb = cdiv(N, block_n)
     g_out = g_out.contiguous()
     coeffs = coeffs.contiguous()
     transforms = transforms.contiguous()
     prec, t_prec = backward_precisions(kernel_precision(precision, coeffs.dtype))
     # 1: dL/dv_posed planes, dL/dA and dL/dtransl partial sums over vertex splits
     cfg = backward_config(B, coeffs.dtype, precision, block_n)
+    nvb = cdiv(N, cfg["BLOCK_N"])
     nbt = cdiv(B, cfg["BLOCK_B"])
     splits = _splits(coeffs.device, nbt, nvb)
     gp = empty((3, B, n_pad), coeffs)
@@ -434,10 +461,11 @@ def blend_skin_backward_launch(g_out, coeffs, transforms, template_planes, dirs_
     cfg2 = coeffs_backward_config(B, coeffs.dtype, precision, block_n)
     nbt2 = cdiv(B, cfg2["BLOCK_B"])
     nch = c_pad // BLOCK_C
-    splits2 = _splits(coeffs.device, nbt2 * nch, nvb)
+    nvb2 = cdiv(N, cfg2["BLOCK_N"])
+    splits2 = _splits(coeffs.device, nbt2 * nch, nvb2)
     part_c = empty((splits2, B, c_pad), coeffs)
     blend_coeffs_bwd_kernel[(nbt2, nch, splits2)](
-        gp, dirs_planes, chunk_mask, part_c, B, c_pad, n_pad, nch, nvb, splits2,
+        gp, dirs_planes, chunk_mask, part_c, B, N, c_pad, n_pad, nch, nvb2, splits2,
         SPARSE=sparse, PREC=prec, **cfg2)
     return part_c.sum(0), part_t.sum(0), part_transl.sum(0)
 

@@ -122,7 +122,7 @@ def specs() -> list:
     for ft, J, transl_in_verts, cam in (("fp32", 45, True, False), ("fp32", 19, False, True),
                                         ("fp64", 17, False, True)):
         jop = max(16, next_pow2(J))
-        common = dict(NJ=nj, JP=32, J=J, JOP=jop, BLOCK_B=32, BLOCK_S=jpj.BLOCK_S)
+        common = dict(NJ=nj, JP=32, J=J, JOP=jop, BLOCK_B=jpj.BLOCK_B, BLOCK_S=jpj.BLOCK_S)
         label = f"{ft} J={J}" + (" verts+transl" if transl_in_verts else "") + (" cam" if cam else "")
         out.append(Spec(label, jpj.regress_project_fwd_kernel,
                         dict(common, HAS_TRANSL=True, TRANSL_IN_VERTS=transl_in_verts, HAS_CAM=cam), ft,

@@ -24,10 +24,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import batch_block, cdiv, empty
+from ._common import cdiv, empty, interpreting
 
+BLOCK_B = 16  # samples per program (32 spills at J = 45 on sm_90)
+INTERPRETER_BLOCK_B = 64
 BLOCK_S = 32
 NUM_WARPS = 4
+
+
+def block_b() -> int:
+    return INTERPRETER_BLOCK_B if interpreting() else BLOCK_B
 
 
 @triton.jit
@@ -167,10 +173,6 @@ def regress_project_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
-def _block_b(B: int) -> int:
-    return batch_block(B, 16, 32)
-
-
 def regress_project_launch(verts, support, regT, selT, rowsum, posed_joints, transl, cam,
                            num_joints: int, transl_in_verts: bool):
     B, NJ = posed_joints.shape[:2]
@@ -181,7 +183,7 @@ def regress_project_launch(verts, support, regT, selT, rowsum, posed_joints, tra
     kp = empty((B, J, 2) if cam is not None else (0,), posed_joints)
     if B == 0:
         return joints, kp
-    bb = _block_b(B)
+    bb = block_b()
     dummy = posed_joints
     regress_project_fwd_kernel[(cdiv(B, bb),)](
         verts.contiguous(), support, regT, selT, rowsum, posed_joints.contiguous(),
@@ -210,7 +212,7 @@ def regress_project_backward_launch(g_joints, g_kp, joints, num_source_vertices:
     g_cam = empty((B, 3), like)
     if B == 0:
         return g_verts, g_posed, g_transl, g_cam
-    bb = _block_b(B)
+    bb = block_b()
     dummy = joints
     regress_project_bwd_kernel[(cdiv(B, bb),)](
         dummy if g_joints is None else g_joints.contiguous(), dummy if g_kp is None else g_kp.contiguous(),

@@ -26,11 +26,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, empty, next_pow2
+from ._common import cdiv, empty, interpreting, next_pow2
 from .rotations import rodrigues, rodrigues_backward
 
 BLOCK_B = 4  # samples per program: one warp per sample, its 32 lanes the joints (gathers are shuffles)
+INTERPRETER_BLOCK_B = 64  # under the interpreter a program costs the same whatever its size
 NUM_WARPS = 4
+
+
+def block_b() -> int:
+    return INTERPRETER_BLOCK_B if interpreting() else BLOCK_B
 
 
 @triton.jit
@@ -186,15 +191,6 @@ def pose_chain_fwd_kernel(
 
 
 @triton.jit
-def _to_parents(c, children_ptr, rj, mj, s, MAXC: tl.constexpr, BLOCK_B: tl.constexpr, JP: tl.constexpr):
-    """Each joint's sum over its children slot s of c (zero where it has no such child)."""
-    child = tl.load(children_ptr + rj * MAXC + s, mask=mj, other=-1)
-    valid = (child >= 0)[None, :]
-    cidx = tl.broadcast_to(tl.where(child >= 0, child, 0)[None, :], (BLOCK_B, JP))
-    return tl.where(valid, tl.gather(c, cidx, axis=1), 0.0)
-
-
-@triton.jit
 def pose_chain_bwd_kernel(
     pose_ptr, betas_ptr, jt_ptr, jsd_ptr, parent_ptr, depth_ptr, children_ptr,
     g_rot_ptr, g_coeffs_ptr, g_joints_ptr, g_transforms_ptr,
@@ -296,22 +292,25 @@ def pose_chain_bwd_kernel(
         gjx += w0
         gjy += w1
         gjz += w2
-        for s in range(MAXC):
-            q00 += _to_parents(c00, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            q01 += _to_parents(c01, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            q02 += _to_parents(c02, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            q10 += _to_parents(c10, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            q11 += _to_parents(c11, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            q12 += _to_parents(c12, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            q20 += _to_parents(c20, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            q21 += _to_parents(c21, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            q22 += _to_parents(c22, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            u0 += _to_parents(cu0, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            u1 += _to_parents(cu1, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            u2 += _to_parents(cu2, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            gjx -= _to_parents(w0, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            gjy -= _to_parents(w1, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
-            gjz -= _to_parents(w2, children_ptr, rj, mj, s, MAXC, BLOCK_B, JP)
+        for s in range(MAXC):  # each joint's child in slot s sends it c (written out: no helper call)
+            child = tl.load(children_ptr + rj * MAXC + s, mask=mj, other=-1)
+            has = (child >= 0)[None, :]
+            cidx = tl.broadcast_to(tl.where(child >= 0, child, 0)[None, :], (BLOCK_B, JP))
+            q00 += tl.where(has, tl.gather(c00, cidx, axis=1), 0.0)
+            q01 += tl.where(has, tl.gather(c01, cidx, axis=1), 0.0)
+            q02 += tl.where(has, tl.gather(c02, cidx, axis=1), 0.0)
+            q10 += tl.where(has, tl.gather(c10, cidx, axis=1), 0.0)
+            q11 += tl.where(has, tl.gather(c11, cidx, axis=1), 0.0)
+            q12 += tl.where(has, tl.gather(c12, cidx, axis=1), 0.0)
+            q20 += tl.where(has, tl.gather(c20, cidx, axis=1), 0.0)
+            q21 += tl.where(has, tl.gather(c21, cidx, axis=1), 0.0)
+            q22 += tl.where(has, tl.gather(c22, cidx, axis=1), 0.0)
+            u0 += tl.where(has, tl.gather(cu0, cidx, axis=1), 0.0)
+            u1 += tl.where(has, tl.gather(cu1, cidx, axis=1), 0.0)
+            u2 += tl.where(has, tl.gather(cu2, cidx, axis=1), 0.0)
+            gjx -= tl.where(has, tl.gather(w0, cidx, axis=1), 0.0)
+            gjy -= tl.where(has, tl.gather(w1, cidx, axis=1), 0.0)
+            gjz -= tl.where(has, tl.gather(w2, cidx, axis=1), 0.0)
     # the root: G_0 = R_0, t_0 = J_0
     root = (depth == 0)[None, :]
     s00 = tl.where(root, q00, s00)
@@ -416,11 +415,12 @@ def pose_chain_launch(pose, betas, J_template, J_shapedirs, parents, depth, chil
     joints = empty((B, NJ, 3), betas)
     transforms = empty((B, NJ, 12), betas)
     if B:
-        pose_chain_fwd_kernel[(cdiv(B, BLOCK_B),)](
+        bb = block_b()
+        pose_chain_fwd_kernel[(cdiv(B, bb),)](
             pose, betas, J_template, J_shapedirs, parents, depth,
             rot, coeffs, joints, transforms, B, NB, c_pad,
             POSE2ROT=pose2rot, NJ=NJ, JP=max(16, next_pow2(NJ)), NUM_LEVELS=num_levels,
-            NBP=next_pow2(NB), PAD_W=pad_width(NB, NJ, c_pad), BLOCK_B=BLOCK_B, num_warps=NUM_WARPS)
+            NBP=next_pow2(NB), PAD_W=pad_width(NB, NJ, c_pad), BLOCK_B=bb, num_warps=NUM_WARPS)
     return rot, coeffs, joints, transforms
 
 
@@ -436,11 +436,12 @@ def pose_chain_backward_launch(pose, betas, J_template, J_shapedirs, parents, de
     grads = [None if g is None else g.contiguous() for g in (g_rot, g_coeffs, g_joints, g_transforms)]
     if B:
         dummy = betas
-        pose_chain_bwd_kernel[(cdiv(B, BLOCK_B),)](
+        bb = block_b()
+        pose_chain_bwd_kernel[(cdiv(B, bb),)](
             pose, betas, J_template, J_shapedirs, parents, depth, children,
             *[dummy if g is None else g for g in grads], g_pose, g_betas, B, NB, c_pad,
             POSE2ROT=pose2rot, NJ=NJ, JP=max(16, next_pow2(NJ)), NUM_LEVELS=num_levels,
-            MAXC=children.shape[1], BLOCK_B=BLOCK_B,
+            MAXC=children.shape[1], BLOCK_B=bb,
             HAS_G_ROT=grads[0] is not None, HAS_G_COEFFS=grads[1] is not None,
             HAS_G_JOINTS=grads[2] is not None, HAS_G_TRANSFORMS=grads[3] is not None, num_warps=NUM_WARPS)
     return g_pose, g_betas

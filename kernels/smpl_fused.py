@@ -51,6 +51,7 @@ class Prepared:
     num_levels: int
     mesh: SkinMesh
     forced_sparse: Optional[bool] = None
+    forced_block_n: Optional[int] = None
     joint_sets: dict = field(default_factory=dict)
 
     @property
@@ -68,9 +69,15 @@ def _key(layer) -> tuple:
                                                                           layer.v_template.dtype)
 
 
-def prepare(layer, sparse: Optional[bool] = None) -> Prepared:
-    """The kernels' view of `layer` (cached on it). sparse: force the block-sparse or the dense
-    blend variant (None: block-sparse when enough (chunk, vertex block) tiles are zero)."""
+def prepare(layer, sparse: Optional[bool] = None, block_n: Optional[int] = None) -> Prepared:
+    """The kernels' view of `layer` (cached on it).
+
+    sparse: force the block-sparse or the dense blend variant (None: block-sparse when enough
+    (coefficient chunk, vertex block) tiles of the blend directions are zero).
+    block_n: vertices per sparsity block (None: 64 on a GPU, wider under the interpreter;
+    tests pass 64 to run the GPU's tile shapes under the interpreter).
+    A forced choice sticks to the layer until another is forced.
+    """
     cached = getattr(layer, _CACHE_ATTR, None)
     ref = layer.v_template
     if torch.compiler.is_compiling():
@@ -79,27 +86,29 @@ def prepare(layer, sparse: Optional[bool] = None) -> Prepared:
                                "layer with the Triton backend (or call the layer once eagerly first)")
         return cached
     key = _key(layer)
-    if cached is not None and cached.key == key and (sparse is None or cached.forced_sparse == sparse):
+    if (cached is not None and cached.key == key and (sparse is None or cached.forced_sparse == sparse)
+            and (block_n is None or cached.forced_block_n == block_n)):
         return cached
-    if sparse is None and cached is not None:
-        sparse = cached.forced_sparse
+    if cached is not None:
+        sparse = cached.forced_sparse if sparse is None else sparse
+        block_n = cached.forced_block_n if block_n is None else block_n
     with torch.no_grad():
-        prep = _build(layer, key, sparse)
+        prep = _build(layer, key, sparse, block_n)
     object.__setattr__(layer, _CACHE_ATTR, prep)
     return prep
 
 
-def _build(layer, key, sparse) -> Prepared:
+def _build(layer, key, sparse, block_n) -> Prepared:
     ref = layer.v_template
     device, dtype = ref.device, ref.dtype
     NJ = layer.J_template.shape[0]
     tables = tree_tables(layer.parents, device)
     mesh = build_skin_mesh(layer.v_template, layer.blend_dirs, layer.skin_indices, layer.skin_weights,
-                           layer.lbs_weights, NJ, sparse=sparse)
+                           layer.lbs_weights, NJ, sparse=sparse, block_n=block_n)
     prep = Prepared(key=key, device=device, dtype=dtype, J_template=layer.J_template.detach().contiguous(),
                     J_shapedirs=layer.J_shapedirs.detach().contiguous(), parents=tables["parents"],
                     depth=tables["depth"], children=tables["children"], num_levels=tables["num_levels"], mesh=mesh,
-                    forced_sparse=sparse)
+                    forced_sparse=sparse, forced_block_n=block_n)
     jp = _common.next_pow2(max(16, NJ))
     for name in layer.joint_sets:
         js = layer.joint_set_tensors(name)
@@ -119,7 +128,7 @@ def _build(layer, key, sparse) -> Prepared:
         sub = None
         if S:
             sub = build_skin_mesh(js.template, js.blend_dirs, layer.skin_indices[js.support],
-                                  layer.skin_weights[js.support], js.weights, NJ, sparse=sparse)
+                                  layer.skin_weights[js.support], js.weights, NJ, sparse=sparse, block_n=block_n)
         prep.joint_sets[name] = JointSetPlan(
             num_joints=J, support=support, support_local=torch.arange(S, dtype=torch.int32, device=device),
             regT=regT, selT=selT, rowsum=rowsum, mesh=sub)

@@ -1,6 +1,7 @@
 """`hmr_fast.SMPL`: a drop-in for smplx's SMPL layer, with a reference and a Triton backend."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -217,7 +218,7 @@ def _check(name, tensor, batch, per_sample_shape, ref) -> torch.Tensor:
         raise TypeError(f"SMPL input {name!r} must be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise TypeError(f"SMPL input {name!r} must be floating point, got {tensor.dtype}")
-    expected = int(np.prod(per_sample_shape))
+    expected = math.prod(per_sample_shape)
     if tensor.dim() < 1 or tensor.shape[0] != batch or tensor[0].numel() != expected:
         raise ValueError(
             f"SMPL input {name!r} must have shape (B, {', '.join(map(str, per_sample_shape))}) "
