@@ -13,13 +13,16 @@ Models: "demo" is the shipped demo checkpoint (resnet18, 64 px crops); "resnet50
 configuration (resnet50, 224 px) with random weights (the timing does not depend on them).
 On the CPU, resnet50 runs at B = 1 and 8 only, and AOTInductor (minutes of C++ compile)
 only with HMR_FAST_BENCH_AOTI=1.
+Threads: on the CPU the model gets HMR_FAST_BENCH_THREADS threads (default 1, what the
+video command gives it on 2 cores): the CI machine is shared, and two OpenMP threads on a
+busy 2-core machine stall each other by 10-30x, which made 2-thread figures meaningless.
+Each result records its thread count and the machine's load average.
 """
 import json
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -28,6 +31,20 @@ ON_GPU = DEVICE.type == "cuda"
 BATCHES = (1, 8, 64, 256)
 CPU_RESNET50_BATCHES = (1, 8)
 BACKENDS = ("torch", "compiled", "onnxruntime", "tensorrt", "aoti")
+THREADS = int(os.environ.get("HMR_FAST_BENCH_THREADS", "1" if not ON_GPU else "0")) or None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def threads():
+    previous = torch.get_num_threads()
+    if THREADS:
+        torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _conditions() -> dict:
+    return {"threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
 def _available(backend: str) -> str:
@@ -91,7 +108,7 @@ def _backend(name: str, model: str, checkpoints, workdir):
 
         path = export_aoti(ckpt, workdir / f"{model}.pt2", DEVICE, max_batch=max(BATCHES),
                            precision="bf16" if ON_GPU else "fp32")
-    backend = make_backend(path, name, DEVICE, "auto", with_vertices=True, max_batch=max(BATCHES))
+    backend = make_backend(path, name, DEVICE, "auto", with_vertices=True, max_batch=max(BATCHES), threads=THREADS)
     if name == "compiled":
         backend.warmup(BATCHES)  # the sizes measured (each compiles and captures once)
     _BACKEND_CACHE[key] = backend
@@ -134,7 +151,7 @@ def test_model(benchmark, checkpoints, workdir, model, backend_name, batch):
     rounds = max(3, min(200, int((2000 if ON_GPU else 20) / work)))
     out = benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
     assert out["vertices"].shape == (batch, 6890, 3)
-    benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median
+    benchmark.extra_info.update(images_per_s=batch / benchmark.stats.stats.median, **_conditions())
 
 
 @pytest.fixture(scope="session")
@@ -171,7 +188,8 @@ def test_video_fps(benchmark, checkpoints, workdir, clip, model, backend_name):
     benchmark.group = f"video {w}x{h}"
     benchmark.extra_info.update(impl=backend_name, mode=f"video {w}x{h} {model}", batch=1, device=str(DEVICE),
                                 model=model, video_fps=result["fps"], frames=result["frames"],
-                                latency_ms_mean=result["latency_ms_mean"], rasterizer=result["rasterizer"])
+                                latency_ms_mean=result["latency_ms_mean"], rasterizer=result["rasterizer"],
+                                **_conditions())
     assert result["frames"] > 0
 
 
@@ -182,18 +200,21 @@ def summary(json_path: str) -> str:
     lines = [f"# Inference benchmarks ({Path(json_path).name})", "",
              f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
              f"{machine.get('cpu', {}).get('count', '?')} logical CPUs; {report.get('datetime', '')}", "",
-             "| model | backend | device | B | median latency | images/s |", "|---|---|---|---:|---:|---:|"]
-    video = ["", "| video | model | backend | device | FPS | mean latency / frame | rasteriser |",
-             "|---|---|---|---|---:|---:|---|"]
+             "| model | backend | device | B | median latency | images/s | threads | load |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    video = ["", "| video | model | backend | device | FPS | mean latency / frame | rasteriser | threads | load |",
+             "|---|---|---|---|---:|---:|---|---:|---:|"]
     for b in sorted(report["benchmarks"], key=lambda b: (b["extra_info"].get("mode", ""), b["extra_info"]["impl"],
                                                           b["extra_info"].get("batch", 0))):
         info, med = b["extra_info"], b["stats"]["median"]
         if "video_fps" in info:
             video.append(f"| {info['mode'].split()[1]} | {info['model']} | {info['impl']} | {info['device']} | "
-                         f"{info['video_fps']:.1f} | {info['latency_ms_mean']:.1f} ms | {info['rasterizer']} |")
+                         f"{info['video_fps']:.1f} | {info['latency_ms_mean']:.1f} ms | {info['rasterizer']} | "
+                         f"{info.get('threads', '?')} | {info.get('load_avg_1min', '?')} |")
         else:
             lines.append(f"| {info['mode'].split(' ', 1)[1]} | {info['impl']} | {info['device']} | {info['batch']} | "
-                         f"{med * 1e3:.2f} ms | {info['batch'] / med:,.1f} |")
+                         f"{med * 1e3:.2f} ms | {info['batch'] / med:,.1f} | {info.get('threads', '?')} | "
+                         f"{info.get('load_avg_1min', '?')} |")
     return "\n".join(lines + video) + "\n"
 
 

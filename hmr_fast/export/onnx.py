@@ -64,21 +64,29 @@ def export_model(model: torch.nn.Module, img_size: int, out_path, metadata: dict
     return out_path
 
 
-def export_onnx(checkpoint, out_path, opset: int = DEFAULT_OPSET, smpl_graph: str = "plain") -> Path:
-    """Export a checkpoint to ONNX (see the module docstring). Returns the written path."""
+def export_onnx(checkpoint, out_path, opset: int = DEFAULT_OPSET, smpl_graph: str = "plain",
+                precision: str = "fp32", batch_hint: int = 1) -> Path:
+    """Export a checkpoint to ONNX (see the module docstring). Returns the written path.
+
+    precision "fp16" stores and runs the encoder + regressor in float16 (a Cast after the
+    float32 input; the body model stays float32): the graph a strongly typed TensorRT FP16
+    engine is built from. batch_hint: the batch the plugin kernels' tiles are chosen for.
+    """
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset must be >= {DEFAULT_OPSET}, got {opset}")
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
     hmr, config = load_hmr(checkpoint, "cpu")
-    metadata = export_metadata(config)
+    metadata = dict(export_metadata(config), precision=precision, smpl_graph=smpl_graph)
     if smpl_graph == "plain":
-        model = InferenceModel(hmr, torch.float32, "reference", with_vertices=True).eval()
+        model = InferenceModel(hmr, dtypes[precision], "reference", with_vertices=True).eval()
         custom = None
     elif smpl_graph == "plugins":
         from .trt_plugins import PLUGIN_DOMAIN, PluginInferenceModel
 
-        model = PluginInferenceModel(hmr).eval()
+        model = PluginInferenceModel(hmr, batch_hint, dtypes[precision]).eval()
         custom = {PLUGIN_DOMAIN: 1}
-        metadata["smpl_graph"] = "plugins"
     else:
         raise ValueError(f"smpl_graph must be 'plain' or 'plugins', got {smpl_graph!r}")
     return export_model(model, int(hmr.img_size), out_path, metadata, opset, custom)

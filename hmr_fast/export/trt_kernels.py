@@ -48,11 +48,11 @@ def trt_blend_skin(coeffs_ptr, transforms_ptr, tmpl_ptr, dirs_ptr, sidx_ptr, sw_
                    chunk_count_ptr, B, out_ptr,
                    N: tl.constexpr, C_PAD: tl.constexpr, N_PAD: tl.constexpr, MAX_CHUNKS: tl.constexpr,
                    NJ: tl.constexpr, K: tl.constexpr, SPARSE: tl.constexpr, PREC: tl.constexpr,
-                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, LIST_BLOCK_N: tl.constexpr):
     # no translation: the transl pointer is never read (HAS_TRANSL=False), coeffs stands in
     blend_skin_fwd_kernel(coeffs_ptr, transforms_ptr, coeffs_ptr, tmpl_ptr, dirs_ptr, sidx_ptr, sw_ptr,
                           chunk_list_ptr, chunk_count_ptr, out_ptr, B, N, C_PAD, N_PAD, MAX_CHUNKS,
-                          NJ, K, False, SPARSE, PREC, BLOCK_B, BLOCK_N, BLOCK_C)
+                          NJ, K, False, SPARSE, PREC, BLOCK_B, BLOCK_N, BLOCK_C, LIST_BLOCK_N)
 
 
 @triton.jit

@@ -86,8 +86,13 @@ class _PluginNode(torch.autograd.Function):
     @staticmethod
     def symbolic(g, op: str, attrs: tuple, *values):
         int_attrs = {f"{k}_i": int(v) for k, v in attrs}
-        return g.op(f"{PLUGIN_DOMAIN}::{op}", *values, plugin_namespace_s=PLUGIN_NAMESPACE, plugin_version_s="1",
+        outs = g.op(f"{PLUGIN_DOMAIN}::{op}", *values, plugin_namespace_s=PLUGIN_NAMESPACE, plugin_version_s="1",
                     aot_i=1, outputs=_NUM_OUTPUTS[op], **int_attrs)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        # Output types for the exporter's shape inference: float32, the batch dynamic.
+        for out, shape in zip(outs, _output_shapes(op, dict(attrs), None)):
+            out.setType(values[0].type().with_dtype(torch.float32).with_sizes(list(shape)))
+        return outs if len(outs) > 1 else outs[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,10 +144,11 @@ PLUGIN_INPUTS = {
 class PluginInferenceModel(nn.Module):
     """InferenceModel with the SMPL forward as the three plugin nodes (see the module docstring)."""
 
-    def __init__(self, hmr, batch_hint: int = 1):
+    def __init__(self, hmr, batch_hint: int = 1, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.encoder = hmr.encoder.float()
-        self.regressor = hmr.regressor.float()
+        self.dtype = dtype  # of the encoder + regressor; the plugins run in float32
+        self.encoder = hmr.encoder.to(dtype)
+        self.regressor = hmr.regressor.to(dtype)
         tensors, self.specs = plugin_tables(hmr.smpl, hmr.joint_set, batch_hint)
         for name, t in tensors.items():
             self.register_buffer(name, t)
@@ -152,7 +158,7 @@ class PluginInferenceModel(nn.Module):
         return _PluginNode.apply(op, self.attrs[op], *tensors)
 
     def forward(self, images):
-        theta = self.regressor(self.encoder(images))[-1]
+        theta = self.regressor(self.encoder(images.to(self.dtype)))[-1]
         cam, rot_mats, betas = self.regressor.split(theta.float())
         consts = {op: [getattr(self, n) for n in names] for op, names in PLUGIN_INPUTS.items()}
         B = rot_mats.shape[0]
@@ -197,7 +203,7 @@ def emulate_plugin_graph(onnx_path, images: np.ndarray, use_kernels: bool = Fals
     values.update(initializers)
     for node in plugins:
         attrs = {k: v for k, v in node_attrs(node).items() if k not in ("plugin_namespace", "plugin_version", "aot")}
-        inputs = [torch.from_numpy(np.ascontiguousarray(values[name])) for name in node.input]
+        inputs = [torch.from_numpy(np.array(values[name])) for name in node.input]  # a writable copy
         if use_kernels:
             spec = spec_from_attrs(node.op_type, attrs)
             batch = inputs[0].shape[0]
@@ -353,10 +359,12 @@ def register_plugins() -> bool:
 
     # -- regress_project ----------------------------------------------------------------
     @trtp.register(f"{ns}::regress_project")
-    def _rp_desc(verts: D, support: D, regt: D, selt: D, rowsum: D, posed: D, cam: D, num_source: int, support_size: int,
-                 num_chain: int, jp: int, num_joints: int, jop: int, batch_hint: int) -> Tuple[D, D]:
+    def _rp_desc(verts: D, support: D, regt: D, selt: D, rowsum: D, posed: D, cam: D, num_source: int,
+                 support_size: int, num_chain: int, jp: int, num_joints: int, jop: int,
+                 batch_hint: int) -> Tuple[D, D]:
         B = verts.shape_expr[0]
-        return (trtp.from_shape_expr((B, num_joints, 3), dtype=f32), trtp.from_shape_expr((B, num_joints, 2), dtype=f32))
+        return (trtp.from_shape_expr((B, num_joints, 3), dtype=f32),
+                trtp.from_shape_expr((B, num_joints, 2), dtype=f32))
 
     @trtp.autotune(f"{ns}::regress_project")
     def _rp_tune(verts, support, regt, selt, rowsum, posed, cam, outputs):

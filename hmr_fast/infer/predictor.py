@@ -67,13 +67,18 @@ class Predictor:
     precision: "auto" (bf16 on CUDA, fp32 on the CPU), "fp32", "bf16", "fp16" for the
       encoder + regressor of the torch backends (the body model always runs in fp32;
       exported engines keep the precision they were built with).
+    with_vertices: False skips the mesh in the torch backends (joints and keypoints only;
+      exported graphs always compute it).
+    threads: onnxruntime's CPU threads (None: its default, all cores).
     """
 
     def __init__(self, checkpoint, backend: str = "auto", device=None, precision: str = "auto",
-                 max_batch: int = 64, backend_object: Optional[Backend] = None):
+                 max_batch: int = 64, with_vertices: bool = True, threads: Optional[int] = None,
+                 backend_object: Optional[Backend] = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.backend = backend_object or make_backend(checkpoint, backend, device, precision, True, max_batch)
+        self.backend = backend_object or make_backend(checkpoint, backend, device, precision, with_vertices,
+                                                      max_batch, threads)
         self.device = self.backend.device
         self.img_size = int(self.backend.img_size)
         self.joint_set = self.backend.joint_set
@@ -202,7 +207,9 @@ def _boxes_per_frame(boxes, num_frames: int, single: bool) -> list:
     out = []
     for i, frame_boxes in enumerate(boxes):
         arr = np.asarray(frame_boxes, dtype=np.float64)
-        arr = arr.reshape(1, 4) if arr.shape == (4,) else arr.reshape(-1, 4) if arr.size else np.zeros((0, 4))
+        if arr.size % 4 or (arr.ndim > 1 and arr.shape[-1] != 4):
+            raise ValueError(f"boxes[{i}]: each box must be 4 numbers (x1, y1, x2, y2), got shape {arr.shape}")
+        arr = arr.reshape(-1, 4)
         try:
             out.append([crop_lib.as_box(b) for b in arr])
         except ValueError as exc:

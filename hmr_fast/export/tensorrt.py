@@ -1,0 +1,227 @@
+"""TensorRT engines: built from our ONNX graphs with the tensorrt Python API, and run.
+
+    hmr-fast export --checkpoint C --format tensorrt --out model.engine \
+        [--precision fp16|fp32] [--max-batch 64] [--opt-batch 8] [--timing-cache F] [--no-plugins]
+
+Build steps (`build_engine`):
+1. ONNX graphs (onnx.py) beside the engine: OUT.plugins.onnx, whose SMPL is the three
+   Triton plugins (trt_plugins.py), and OUT.onnx, whose SMPL is plain ONNX ops.
+   For fp16 the encoder + regressor are stored in float16 in the graph and the network is
+   built strongly typed: the body model stays float32 whatever the precision.
+2. The plugin graph is parsed and built first (plugins registered with tensorrt.plugin,
+   their PTX compiled for this GPU); if anything about the plugins fails (TensorRT too
+   old for tensorrt.plugin's AOT path, no triton, a parse or build error), the plain graph
+   is built instead, with a warning saying why.
+3. One optimisation profile for the input "images": batch 1 .. max_batch, tuned at
+   opt_batch. A timing cache file (default OUT.timing.cache) is read if present and
+   written back, so rebuilding is fast.
+4. The serialized engine is written atomically, with OUT.json (img_size, joint set, body
+   model, precision, which SMPL graph was built) beside it.
+`EngineRunner` runs an engine on torch CUDA tensors (no pycuda): Predictor's "tensorrt" backend.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("hmr_fast.tensorrt")
+
+INSTALL_HINT = ("TensorRT is not installed. Install it from NVIDIA's index, e.g. "
+                "`pip install tensorrt-cu12` (or `pip install 'hmr_fast[trt]'`; the PyPI package downloads the "
+                "real wheels from pypi.nvidia.com), on a machine with an NVIDIA GPU and driver. "
+                "Without TensorRT use --format onnx (onnxruntime) or --format aoti.")
+
+
+def require_tensorrt():
+    """The tensorrt module, or ImportError with the install hint."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    if not hasattr(trt, "Builder"):  # the PyPI placeholder package that failed to fetch the real one
+        raise ImportError(INSTALL_HINT)
+    return trt
+
+
+def _logger(trt, verbose: bool = False):
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+
+
+def _strongly_typed_flag(trt):
+    flags = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    return getattr(flags, "STRONGLY_TYPED", None) if flags is not None else None
+
+
+def build_from_onnx(onnx_path, engine_path, precision: str, max_batch: int, opt_batch: int, img_size: int,
+                    timing_cache=None, workspace_gb: float = 4.0, verbose: bool = False) -> dict:
+    """Parse `onnx_path`, build an engine and write it atomically; returns build facts."""
+    trt = require_tensorrt()
+    logger = _logger(trt, verbose)
+    builder = trt.Builder(logger)
+    strong = _strongly_typed_flag(trt)
+    # Strongly typed: the graph's own dtypes rule (fp16 encoder, fp32 SMPL). TensorRT < 9
+    # lacks it and falls back to the FP16 builder flag over a float32 graph.
+    network = builder.create_network(1 << int(strong) if strong is not None else 0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if strong is None and precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # float32 engines match torch to 1e-4, not TF32's 1e-3
+    profile = builder.create_optimization_profile()
+    shape = lambda b: (b, 3, img_size, img_size)  # noqa: E731
+    profile.set_shape("images", shape(1), shape(min(opt_batch, max_batch)), shape(max_batch))
+    config.add_optimization_profile(profile)
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (run with --verbose for its log)")
+    _atomic_write(engine_path, bytes(serialized))
+    if timing_cache:
+        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return {"onnx": str(onnx_path), "strongly_typed": strong is not None, "tensorrt": trt.__version__}
+
+
+def build_engine(checkpoint, engine_path, precision: str = "fp16", max_batch: int = 64, opt_batch: int = 8,
+                 timing_cache=None, plugins: bool = True, workspace_gb: float = 4.0, verbose: bool = False) -> dict:
+    """The full export (see the module docstring); returns what was built."""
+    from hmr_fast.infer.backends import export_metadata, load_hmr, write_sidecar
+
+    from .onnx import export_onnx
+
+    require_tensorrt()
+    if not torch.cuda.is_available():
+        raise RuntimeError("building a TensorRT engine needs an NVIDIA GPU; none is visible to torch here")
+    if precision not in ("fp16", "fp32"):
+        raise ValueError(f"precision must be 'fp16' or 'fp32', got {precision!r}")
+    if not 1 <= opt_batch <= max_batch:
+        raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
+    engine_path = Path(engine_path)
+    stem = engine_path.with_suffix("")
+    timing_cache = timing_cache or f"{stem}.timing.cache"
+    _hmr, config = load_hmr(checkpoint, "cpu")
+    img_size = int(config["model"]["img_size"])
+    plain = export_onnx(checkpoint, f"{stem}.onnx", precision=precision)
+    built, reason = None, None
+    if plugins:
+        try:
+            from .trt_plugins import register_plugins
+
+            register_plugins()
+            graph = export_onnx(checkpoint, f"{stem}.plugins.onnx", smpl_graph="plugins", precision=precision,
+                                batch_hint=opt_batch)
+            built = build_from_onnx(graph, engine_path, precision, max_batch, opt_batch, img_size, timing_cache,
+                                    workspace_gb, verbose)
+            built["smpl_graph"] = "plugins"
+        except (ImportError, RuntimeError, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"TensorRT SMPL plugins not used ({reason}); building the plain ONNX SMPL graph",
+                          stacklevel=2)
+    if built is None:
+        built = build_from_onnx(plain, engine_path, precision, max_batch, opt_batch, img_size, timing_cache,
+                                workspace_gb, verbose)
+        built["smpl_graph"] = "plain"
+        if reason:
+            built["plugin_fallback_reason"] = reason
+    meta = dict(export_metadata(config), precision=precision, max_batch=int(max_batch), opt_batch=int(opt_batch),
+                build=built)
+    write_sidecar(engine_path, meta)
+    return meta
+
+
+def _atomic_write(path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _torch_dtype(trt, dtype):
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
+    if hasattr(trt, "bfloat16"):
+        table[trt.bfloat16] = torch.bfloat16
+    if dtype not in table:
+        raise TypeError(f"unsupported TensorRT tensor type {dtype}")
+    return table[dtype]
+
+
+class EngineRunner:
+    """Runs a serialized engine on torch CUDA tensors: runner(images) -> {output name: tensor}.
+
+    Output buffers are allocated per call with torch (so they stay valid after the next
+    call); the engine runs on torch's current CUDA stream.
+    """
+
+    def __init__(self, engine_path, device="cuda", verbose: bool = False):
+        trt = require_tensorrt()
+        self.trt = trt
+        engine_path = Path(engine_path)
+        if not engine_path.is_file():
+            raise FileNotFoundError(f"TensorRT engine {engine_path} not found")
+        self.device = torch.device(device)
+        try:  # engines built with JIT plugins need them registered; AOT plugins live in the engine
+            from .trt_plugins import register_plugins
+
+            register_plugins()
+        except ImportError:
+            pass
+        with torch.cuda.device(self.device):
+            self.runtime = trt.Runtime(_logger(trt, verbose))
+            self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            if self.engine is None:
+                raise RuntimeError(f"TensorRT could not load {engine_path} (built by another TensorRT version or "
+                                   "for another GPU? rebuild it with `hmr-fast export --format tensorrt`)")
+            self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        if self.inputs != ["images"]:
+            raise ValueError(f"{engine_path}: expected one input 'images', found {self.inputs}")
+        _min, _opt, max_shape = self.engine.get_tensor_profile_shape("images", 0)
+        self.max_batch = int(max_shape[0])
+
+    def __call__(self, images: torch.Tensor) -> dict:
+        if images.device != self.device:
+            raise ValueError(f"images are on {images.device}, the engine on {self.device}")
+        B = images.shape[0]
+        if not 1 <= B <= self.max_batch:
+            raise ValueError(f"batch {B} is outside this engine's profile 1..{self.max_batch}")
+        ctx = self.context
+        images = images.contiguous().to(_torch_dtype(self.trt, self.engine.get_tensor_dtype("images")))
+        ctx.set_input_shape("images", tuple(images.shape))
+        ctx.set_tensor_address("images", images.data_ptr())
+        out = {}
+        for name in self.outputs:
+            shape = tuple(ctx.get_tensor_shape(name))
+            out[name] = torch.empty(shape, dtype=_torch_dtype(self.trt, self.engine.get_tensor_dtype(name)),
+                                    device=self.device)
+            ctx.set_tensor_address(name, out[name].data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not ctx.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        return out
+
+
+def engine_info(engine_path) -> dict:
+    """The sidecar metadata of an engine (what was built, from which graph)."""
+    sidecar = Path(str(engine_path) + ".json")
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}

@@ -1,0 +1,405 @@
+"""`hmr-fast video INPUT --checkpoint C --out OUT.mp4`: meshes over a video, image folder or webcam.
+
+    hmr-fast video clip.mp4 --checkpoint run/last.pt --out overlay.mp4 --save-params params.npz
+    hmr-fast video frames/ --checkpoint model.onnx --out overlay.mp4 --box 100,40,420,700
+    hmr-fast video 0 --checkpoint model.engine --out cam.mp4 --show          (webcam 0)
+
+Per frame: the person crop (a fixed --box, a --detector, or by default the box around the
+previous frame's predicted keypoints, starting from the full frame or the centre), the
+model, One-Euro smoothing of pose / shape / camera, the mesh posed from the smoothed
+parameters and drawn onto the frame (OpenCV on the CPU, a torch z-buffer on CUDA) with
+keypoints, the crop box and an FPS / latency line. Frames are decoded on a background
+thread and encoded on another. One person is followed; in videos with several people it
+is the one the crop starts on (or the detector's largest), and the run says so.
+--batch N runs N frames per model call (higher throughput); when tracking, the frames of
+one batch share the crop from before it.
+
+Outputs: OUT (mp4v, the input's frame rate; image folders 30 fps unless --fps) and, with
+--save-params, an npz of per-frame arrays (see `ParamsRecorder` keys in `run_video`). Both
+are complete even when the run is interrupted (Ctrl-C, SIGTERM): they then hold the
+frames done, and the npz says interrupted=True.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import crops as crop_lib
+from .frames import FrameReader
+from .overlay import MeshOverlay, draw_box, draw_hud, draw_keypoints
+from .predictor import Predictor, rotmat_to_axis_angle, vertices_to_pixels
+from .smoothing import ParameterSmoother
+from .tracking import KeypointTracker, MotionDetector, pick_detection
+from .writer import ParamsRecorder, VideoSink
+
+DETECTORS = ("none", "motion")
+DETECTION_EXPAND = 1.2  # a detector's tight box -> the training crops' 1.2x margin
+
+
+@dataclass
+class VideoConfig:
+    input: str
+    checkpoint: str
+    out: str
+    save_params: Optional[str] = None
+    backend: str = "auto"
+    device: Optional[str] = None
+    precision: str = "auto"
+    batch: int = 1
+    max_frames: Optional[int] = None
+    show: bool = False
+    box: Optional[tuple] = None  # x1, y1, x2, y2: a fixed crop (with track=True: where tracking starts)
+    track: Optional[bool] = None  # None: track unless a box is given
+    start: str = "full"  # where tracking starts: full / centre
+    expand: float = 1.6  # tracking: the crop side over the predicted keypoints' extent (tracking.py)
+    detector: str = "none"
+    smooth: bool = True
+    fps: Optional[float] = None  # override the input's frame rate (image folders: 30)
+    draw_keypoints: bool = True
+    rasterizer: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {self.batch}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"--detector must be one of {DETECTORS}, got {self.detector!r}")
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise ValueError(f"--fps must be in (0, 1000], got {self.fps}")
+        if self.box is not None:
+            crop_lib.as_box(self.box)  # raises naming the problem
+
+
+class BodyPoser:
+    """The body model posed from (smoothed) parameters: joints, keypoints and the mesh in pixels."""
+
+    def __init__(self, smpl_model, joint_set: str, device):
+        from hmr_fast.body import SMPL
+
+        self.device = torch.device(device)
+        self.smpl = SMPL(smpl_model, joint_set=joint_set).to(self.device)
+        self.faces = self.smpl.faces
+
+    @torch.inference_mode()
+    def __call__(self, rot_mats, betas, cam, boxes):
+        as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
+        rot = as_t(rot_mats)
+        out = self.smpl(betas=as_t(betas), global_orient=rot[:, :1], body_pose=rot[:, 1:], pose2rot=False,
+                        return_verts=True)
+        joints = out.joints.cpu().numpy().astype(np.float64)
+        vertices = out.vertices.cpu().numpy().astype(np.float64)
+        keypoints_norm = np.asarray(cam)[:, None, :1] * (joints[..., :2] + np.asarray(cam)[:, None, 1:])
+        return joints, crop_lib.to_pixels(keypoints_norm, boxes), vertices_to_pixels(vertices, np.asarray(cam), boxes)
+
+
+class _Timer:
+    """Rolling FPS over the last frames and per-frame latencies."""
+
+    def __init__(self, window: int = 30):
+        self.stamps: list = []
+        self.latencies: list = []
+        self.window = window
+
+    def frame_done(self, latency_s: float) -> None:
+        self.stamps.append(time.perf_counter())
+        self.stamps = self.stamps[-self.window:]
+        self.latencies.append(latency_s)
+
+    @property
+    def fps(self) -> float:
+        if len(self.stamps) < 2:
+            return 0.0
+        return (len(self.stamps) - 1) / max(self.stamps[-1] - self.stamps[0], 1e-9)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so the same cleanup runs."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _chunks(reader, size: int):
+    chunk = []
+    for item in reader:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def cpu_threads() -> int:
+    """Model threads for the CPU pipeline: half the cores. The decoder and encoder threads
+    need the rest; when a 2-core machine's cores are all taken, torch's two OpenMP threads
+    wait on each other at every barrier (measured: 24 FPS with one thread, 2 FPS with two)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_video(cfg: VideoConfig, predictor: Optional[Predictor] = None, log=print) -> dict:
+    """The whole pipeline (see the module docstring); returns a summary dict."""
+    cfg.validate()
+    on_cpu = (predictor.device.type if predictor is not None else
+              ("cuda" if cfg.device is None and torch.cuda.is_available() else torch.device(cfg.device or "cpu").type)
+              ) == "cpu"
+    with torch_threads(cpu_threads() if on_cpu else None):
+        return _run_video(cfg, predictor, log, cpu_threads() if on_cpu else None)
+
+
+def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: Optional[int]) -> dict:
+    reader = FrameReader(cfg.input, cfg.max_frames, queue_size=max(8, 2 * cfg.batch), fps=cfg.fps)
+    sink = recorder = tracker = None
+    timer = _Timer()
+    t_start = time.perf_counter()
+    summary = {"input": cfg.input, "out": cfg.out, "params": cfg.save_params, "frames": 0, "interrupted": False}
+    try:
+        info = reader.info
+        if predictor is None:
+            predictor = Predictor(cfg.checkpoint, cfg.backend, cfg.device, cfg.precision, max_batch=cfg.batch,
+                                  with_vertices=not cfg.smooth, threads=threads)
+        poser = BodyPoser(predictor.backend.smpl_model, predictor.joint_set, predictor.device) if cfg.smooth else None
+        faces = poser.faces if poser is not None else predictor.faces
+        overlay = MeshOverlay(faces, predictor.device, rasterizer=cfg.rasterizer)
+        sink = VideoSink(cfg.out, info.fps, info.width, info.height)
+        recorder = ParamsRecorder(cfg.save_params) if cfg.save_params else None
+        track = cfg.track if cfg.track is not None else cfg.box is None
+        start = crop_lib.as_box(cfg.box) if cfg.box is not None else cfg.start
+        tracker = KeypointTracker((info.height, info.width), start, expand=cfg.expand)
+        detector = MotionDetector() if cfg.detector == "motion" else None
+        smoother = ParameterSmoother() if cfg.smooth else None
+        start_name = {"full": "the full frame", "centre": "the centre"}.get(cfg.start)
+        mode = ("detector " + cfg.detector) if detector else ("tracking from " + (
+            "the --box" if cfg.box is not None else start_name) if track else "fixed --box")
+        log(f"{info.name}: {info.kind} {info.width}x{info.height} at {info.fps:.2f} fps"
+            + (f", {info.frame_count} frames" if info.frame_count else "")
+            + f"; backend {predictor.backend_name} on {predictor.device}, crop: {mode}; rendering with {overlay.name}"
+            + "; follows one person")
+        summary.update(backend=predictor.backend_name, device=str(predictor.device), crop=mode,
+                       rasterizer=overlay.name, fps_in=info.fps)
+        known = [x for x in (info.frame_count, cfg.max_frames) if x]
+        total = min(known) if known else None
+        bar = _progress(total, cfg.progress)
+        show = cfg.show
+        t_start = time.perf_counter()  # from the first frame: model loading is not video time
+        for chunk in _chunks(reader, cfg.batch):
+            t0 = time.perf_counter()
+            frames = [f for _, f in chunk]
+            times = [i / info.fps for i, _ in chunk]
+            chosen = [_choose_box(cfg, tracker, detector, f, t, track) for f, t in zip(frames, times)]
+            boxes = np.stack([b for b, _ in chosen])
+            crops = np.stack([crop_lib.crop(f, b, predictor.img_size) for f, b in zip(frames, boxes)])
+            raw = predictor.run_batches(crops)
+            params = _smooth_and_track(raw, boxes, times, tracker if track else None, smoother,
+                                       [d for _, d in chosen])
+            if poser is not None:
+                joints3d, keypoints_px, vertices_px = poser(params["rot_mats"], params["betas"], params["cam"], boxes)
+            else:
+                joints3d = raw["joints3d"]
+                keypoints_px = crop_lib.to_pixels(raw["keypoints2d"], boxes)
+                vertices_px = vertices_to_pixels(raw["vertices"], raw["cam"], boxes)
+            for i, (index, frame) in enumerate(chunk):
+                overlay.mesh(frame, vertices_px[i])
+                if cfg.draw_keypoints:
+                    draw_keypoints(frame, keypoints_px[i])
+                draw_box(frame, boxes[i])
+                latency = time.perf_counter() - t0
+                draw_hud(frame, [f"{timer.fps:5.1f} FPS  {1000 * latency:6.1f} ms/frame  batch {len(chunk)}",
+                                 f"{predictor.backend_name} on {predictor.device}"])
+                sink.write(frame)
+                timer.frame_done(latency)
+                if recorder is not None:
+                    _record(recorder, index, times[i], params, raw, boxes, keypoints_px, joints3d, i)
+                if show:
+                    show = _show(frame)
+            summary["frames"] += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+    finally:
+        reader.close()
+        summary["skipped_frames"] = reader.skipped
+        if sink is not None:
+            summary["frames_written"] = sink.close()
+        if recorder is not None:
+            recorder.save(fps=reader.info.fps, input=str(cfg.input), joint_set=predictor.joint_set if predictor else "",
+                          skipped_frames=reader.skipped, interrupted=summary["interrupted"])
+    seconds = time.perf_counter() - t_start if summary["frames"] else 0.0
+    lat = np.array(timer.latencies) * 1000 if summary["frames"] else np.zeros(1)
+    summary.update(seconds=round(seconds, 3), fps=round(summary["frames"] / seconds, 2) if seconds else 0.0,
+                   latency_ms_mean=round(float(lat.mean()), 2), latency_ms_p95=round(float(np.percentile(lat, 95)), 2),
+                   lost_frames=tracker.lost_frames if tracker is not None else 0)
+    return summary
+
+
+def _record(recorder, index, t, params, raw, boxes, keypoints_px, joints3d, i) -> None:
+    """One frame's row of the npz: smoothed (what is drawn) and raw (the model's) parameters."""
+    raw_keypoints = crop_lib.to_pixels(raw["keypoints2d"][i:i + 1], boxes[i:i + 1])[0]
+    recorder.add(frame_index=index, time=t, pose=rotmat_to_axis_angle(params["rot_mats"][i]).reshape(-1),
+                 rot_mats=params["rot_mats"][i], betas=params["betas"][i], cam=params["cam"][i],
+                 pose_raw=rotmat_to_axis_angle(raw["rot_mats"][i]).reshape(-1), betas_raw=raw["betas"][i],
+                 cam_raw=raw["cam"][i], boxes=boxes[i], boxes_xyxy=crop_lib.box_to_xyxy(boxes[i]),
+                 keypoints2d=keypoints_px[i], keypoints2d_raw=raw_keypoints, joints3d=joints3d[i],
+                 tracked=params["tracked"][i])
+
+
+def _choose_box(cfg, tracker, detector, frame, t, track):
+    """(this frame's crop, whether a detection placed it): the fixed box; a detection
+    (expanded like the training crops) when the detector finds the person; else the box
+    around the previous frame's keypoints."""
+    if not track:
+        return tracker.start_box.copy(), False
+    if detector is not None:
+        det = pick_detection(detector(frame), tracker.box() if tracker.tracking else None)
+        if det is not None:
+            tracker.follow(det * (1.0, 1.0, DETECTION_EXPAND), t)
+            return tracker.box(), True
+    return tracker.box(), False
+
+
+def _smooth_and_track(raw, boxes, times, tracker, smoother, detected) -> dict:
+    out = {k: [] for k in ("rot_mats", "betas", "cam", "tracked")}
+    for i, t in enumerate(times):
+        if tracker is None or detected[i]:
+            tracked = True  # a fixed box, or a detection placed this crop (and the next one)
+        else:
+            tracked = tracker.update(raw["keypoints2d"][i], boxes[i], t)
+        rot, betas, cam = raw["rot_mats"][i], raw["betas"][i], raw["cam"][i]
+        if smoother is not None:
+            if not tracked:
+                smoother.reset()  # a lost track's parameters should not drag the next person's
+            rot, betas, cam = smoother(rot, betas, cam, t)
+        for k, v in (("rot_mats", rot), ("betas", betas), ("cam", cam), ("tracked", tracked)):
+            out[k].append(v)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _progress(total, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="frame", desc="video", dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _show(frame) -> bool:
+    """Show a frame; False (stop showing) when the window cannot open or 'q' was pressed."""
+    import cv2
+
+    try:
+        cv2.imshow("hmr-fast", frame)
+        if cv2.waitKey(1) & 0xFF == ord("q"):
+            raise KeyboardInterrupt
+        return True
+    except cv2.error:
+        warnings.warn("--show: this OpenCV build has no GUI (opencv-python-headless); not showing frames",
+                      stacklevel=2)
+        return False
+
+
+def _parse_box(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"hmr-fast video: --box must be X1,Y1,X2,Y2 numbers, got {text!r}") from None
+    if len(values) != 4:
+        raise SystemExit(f"hmr-fast video: --box must be 4 numbers X1,Y1,X2,Y2, got {text!r}")
+    return values
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("input", help="a video file, a folder of images, or a webcam index (0, 1, ...)")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint, .onnx, .engine or .pt2")
+    parser.add_argument("--out", required=True, help="the overlay video (.mp4)")
+    parser.add_argument("--save-params", metavar="OUT.npz", help="per-frame parameters, boxes and keypoints")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "compiled", "onnxruntime",
+                                                                "tensorrt", "aoti"))
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--batch", type=int, default=1, help="frames per model call")
+    parser.add_argument("--max-frames", type=int, default=None)
+    parser.add_argument("--show", action="store_true", help="show frames in a window as they are done")
+    parser.add_argument("--box", help="X1,Y1,X2,Y2: a fixed person crop (with --track, where tracking starts)")
+    parser.add_argument("--track", action="store_true", help="with --box: follow the person from that box")
+    parser.add_argument("--start", default="full", choices=("full", "centre"), help="where tracking starts")
+    parser.add_argument("--expand", type=float, default=1.6,
+                        help="tracking: crop side / extent of the predicted keypoints (default 1.6)")
+    parser.add_argument("--detector", default="none", choices=DETECTORS,
+                        help="motion: background subtraction (still cameras) to (re)find the person")
+    parser.add_argument("--no-smooth", action="store_true", help="no One-Euro smoothing of the parameters")
+    parser.add_argument("--fps", type=float, default=None, help="frame rate for image folders (default 30)")
+
+
+def run(args) -> int:
+    cfg = VideoConfig(input=args.input, checkpoint=args.checkpoint, out=args.out, save_params=args.save_params,
+                      backend=args.backend, device=args.device, precision=args.precision, batch=args.batch,
+                      max_frames=args.max_frames, show=args.show, box=_parse_box(args.box),
+                      track=True if args.track else None, start=args.start, expand=args.expand,
+                      detector=args.detector,
+                      smooth=not args.no_smooth, fps=args.fps)
+    try:
+        with sigterm_as_interrupt():
+            summary = run_video(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"hmr-fast video: {exc}", file=sys.stderr)
+        return 2
+    _report(summary)
+    return 130 if summary["interrupted"] else 0
+
+
+def _report(s: dict) -> None:
+    state = "interrupted after" if s["interrupted"] else "done:"
+    print(f"{state} {s['frames']} frames in {s['seconds']:.1f} s = {s['fps']:.1f} FPS "
+          f"(latency mean {s['latency_ms_mean']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms); "
+          f"{s['skipped_frames']} unreadable frames skipped; track lost on {s['lost_frames']} frames")
+    if s.get("frames_written"):
+        print(f"wrote {s['out']}" + (f" and {s['params']}" if s.get("params") else ""))
