@@ -16,6 +16,8 @@ from typing import List, Optional
 
 import yaml
 
+from hmr_fast.data.dataset import AugmentSettings as AugmentConfig  # one definition of the defaults
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key."""
@@ -50,16 +52,6 @@ class DataConfig:
     prior_frame_stride: int = 1  # take every n-th mocap frame (AMASS runs at 60-120 fps)
     num_workers: int = 4
     val_max_samples: int = 2000  # periodic evaluation reads at most this many
-
-
-@dataclass
-class AugmentConfig:
-    enabled: bool = True
-    scale: float = 0.25
-    rotation: float = 30.0
-    rotation_prob: float = 0.6
-    flip_prob: float = 0.5
-    color: float = 0.4
 
 
 @dataclass

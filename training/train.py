@@ -34,7 +34,6 @@ import yaml
 from hmr_fast.body.reference import rodrigues
 from hmr_fast.data.augment import normalise_images
 from hmr_fast.data.coco import CocoDataset
-from hmr_fast.data.dataset import AugmentSettings
 from hmr_fast.data.loader import MixedDataset, make_eval_loader, make_train_loader
 from hmr_fast.data.prior import PosePrior
 from hmr_fast.data.spin_npz import SpinDataset
@@ -157,8 +156,7 @@ class Trainer:
             raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
 
         # Data: everything is checked here, before the first step.
-        aug = config.augment
-        augment = AugmentSettings(aug.enabled, aug.scale, aug.rotation, aug.rotation_prob, aug.flip_prob, aug.color)
+        augment = config.augment
         img_size = config.model.img_size
         train_sets = [build_dataset(s, self.data_dir, img_size, augment) for s in config.data.train]
         self.train_set = MixedDataset(train_sets, [s.weight for s in config.data.train])
