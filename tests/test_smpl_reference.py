@@ -215,3 +215,27 @@ def test_bad_input_names_the_argument(kwargs, field):
 def test_joint_set_reading_missing_vertices_is_a_clear_error():
     with pytest.raises(ValueError, match="smplx45.*only 100 vertices"):
         SMPL(model_path=random_model_data(num_vertices=100), backend="reference")
+
+
+@pytest.mark.parametrize("chunk_vertex_samples", [1, 997 * 5, 10**9])
+def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monkeypatch, chunk_vertex_samples):
+    """pose_vertices works a chunk of vertices at a time; any chunking gives smplx's answer."""
+    monkeypatch.setattr(reference, "CHUNK_VERTEX_SAMPLES", chunk_vertex_samples)
+    ours = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
+    theirs = smplx.create(mannequin_smplx_dir, model_type="smpl", dtype=torch.float64)
+    rng = np.random.default_rng()
+    batch = 5
+    aa = random_pose(batch, "random", rng)
+    R = scipy_rotmats(aa)
+    inputs = [torch.tensor(aa[:, 0]), torch.tensor(aa[:, 1:].reshape(batch, 69)),
+              torch.tensor(rng.normal(size=(batch, 10))), torch.tensor(rng.normal(size=(batch, 3)))]
+    inputs = [t.requires_grad_(True) for t in inputs]
+    got = ours(global_orient=inputs[0], body_pose=inputs[1], betas=inputs[2], transl=inputs[3])
+    want = theirs(global_orient=R[:, :1], body_pose=R[:, 1:], betas=inputs[2], transl=inputs[3], pose2rot=False)
+    assert (got.vertices - want.vertices).abs().max() < 1e-9
+    assert (got.joints - want.joints).abs().max() < 1e-9
+    weights = torch.randn_like(got.vertices)
+    g_ours = torch.autograd.grad((got.vertices * weights).sum(), inputs[2:])
+    g_theirs = torch.autograd.grad((want.vertices * weights).sum(), inputs[2:])
+    for a, b in zip(g_ours, g_theirs):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)

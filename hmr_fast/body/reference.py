@@ -166,7 +166,10 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights):
     batch, num = betas.shape[0], template.shape[0]
     if num == 0:  # a joint set that reads no vertices (smpl24)
         return template.new_zeros(batch, 0, 3)
-    step = max(1, CHUNK_VERTEX_SAMPLES // batch)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        step = num  # traced graphs (compile, export) keep a batch-independent shape: one chunk
+    else:
+        step = max(1, CHUNK_VERTEX_SAMPLES // batch)
     chunks = []
     for start in range(0, num, step):
         end = min(num, start + step)
