@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import scipy.optimize
 import scipy.sparse
 from scipy.interpolate import PchipInterpolator
 
+from ..atomic import atomic_path
 from .model_data import NUM_JOINTS, NUM_POSE_FEATURES, SMPL_PARENTS, SMPLModelData
 
 MANNEQUIN_VERSION = "1"
@@ -817,16 +817,8 @@ def _official_payload(data: SMPLModelData) -> dict:
 
 def _write_atomic(path: Path, write) -> None:
     """Write through a temp file in the same folder, then rename: readers never see half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def write_mannequin(out_dir) -> Path:

@@ -5,12 +5,13 @@ downloads; with the official SMPL files it runs on those.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hmr_fast.atomic import atomic_path
 
 
 def add_arguments(parser) -> None:
@@ -24,12 +25,10 @@ def add_arguments(parser) -> None:
 
 
 def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
-    """Wavefront OBJ, written to a temp file and renamed so a reader never sees half a mesh."""
-    tmp = path.with_suffix(".obj.tmp")
-    with open(tmp, "w") as f:
+    """Wavefront OBJ, written atomically so a reader never sees half a mesh."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.writelines(f"v {x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in vertices)
         f.writelines(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in faces)
-    os.replace(tmp, path)
 
 
 def run(args) -> int:

@@ -14,11 +14,11 @@ math (Triton on CUDA, C++ on the CPU). The batch is dynamic in 1..max_batch. The
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from hmr_fast.atomic import atomic_path
 from hmr_fast.infer.backends import InferenceModel, export_metadata, load_hmr
 
 METADATA_KEY = "hmr_fast"
@@ -33,20 +33,14 @@ def package_module(module: torch.nn.Module, example: torch.Tensor, out_path, met
         raise ValueError(f"--out for an AOTInductor package must end in .pt2, got {out_path}")
     if max_batch < 2:
         raise ValueError(f"max_batch must be >= 2 (the batch is a dynamic dimension), got {max_batch}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=int(max_batch))
     with torch.inference_mode(False), torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    tmp = out_path.with_name(f".{out_path.name}.partial.pt2")
     meta = dict(metadata, max_batch=int(max_batch))
-    try:
+    with atomic_path(out_path, suffix=".pt2") as tmp:  # the packager wants a .pt2 name
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(tmp),
             inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(meta)}})
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out_path
 
 

@@ -14,13 +14,13 @@ training config as JSON, so an .onnx file is all the onnxruntime backend needs.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hmr_fast.atomic import atomic_path
 from hmr_fast.infer.backends import OUTPUT_NAMES, InferenceModel, export_metadata, load_hmr
 
 DEFAULT_OPSET = 17
@@ -40,11 +40,9 @@ def export_model(model: torch.nn.Module, img_size: int, out_path, metadata: dict
     """Trace `model` (images -> OUTPUT_NAMES) to `out_path` atomically, with a dynamic batch."""
     onnx = _need_onnx()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
     images = torch.randn(example_batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     dynamic = {name: {0: "batch"} for name in ("images",) + OUTPUT_NAMES}
-    try:
+    with atomic_path(out_path) as tmp:
         with warnings.catch_warnings():
             # Tracer warnings about Python ints taken from shapes: the SMPL tree walk uses the
             # kinematic tree's fixed structure on purpose; the batch stays dynamic (tested).
@@ -57,10 +55,6 @@ def export_model(model: torch.nn.Module, img_size: int, out_path, metadata: dict
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
         proto.producer_name = "hmr_fast"
         onnx.save(proto, str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out_path
 
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import torch
+
+from hmr_fast.atomic import atomic_path
 
 log = logging.getLogger("hmr_fast.tensorrt")
 
@@ -87,9 +88,11 @@ def build_from_onnx(onnx_path, engine_path, precision: str, max_batch: int, opt_
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (run with --verbose for its log)")
-    _atomic_write(engine_path, bytes(serialized))
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
     if timing_cache:
-        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        with atomic_path(timing_cache) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"onnx": str(onnx_path), "strongly_typed": strong is not None, "tensorrt": trt.__version__}
 
 
@@ -138,21 +141,6 @@ def build_engine(checkpoint, engine_path, precision: str = "fp16", max_batch: in
                 build=built)
     write_sidecar(engine_path, meta)
     return meta
-
-
-def _atomic_write(path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _torch_dtype(trt, dtype):

@@ -11,7 +11,6 @@ and carries the few facts the Predictor needs: img_size, joint_set, smpl_model, 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -19,6 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from hmr_fast.atomic import atomic_path
 from hmr_fast.body import reference
 
 OUTPUT_NAMES = ("rot_mats", "betas", "cam", "joints3d", "keypoints2d", "vertices")
@@ -85,9 +85,8 @@ def export_metadata(config: dict) -> dict:
 def write_sidecar(path, metadata: dict) -> Path:
     """PATH.json beside an engine or package (TensorRT engines carry no metadata of their own)."""
     sidecar = Path(str(path) + ".json")
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=1) + "\n")
-    os.replace(tmp, sidecar)
+    with atomic_path(sidecar) as tmp:
+        tmp.write_text(json.dumps(metadata, indent=1) + "\n")
     return sidecar
 
 

@@ -9,28 +9,27 @@ mmap=True), and the demo checkpoint fits the package's 25 MB budget.
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from hmr_fast.model.checkpoint import FORMAT, atomic_torch_save, read_checkpoint
+import torch
+
+from hmr_fast.atomic import atomic_path
+from hmr_fast.model.checkpoint import FORMAT, read_checkpoint
 
 
 def pack(src, dst) -> Path:
     ckpt = read_checkpoint(src)
     model = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+    with atomic_path(dst) as packed, tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         plain = Path(tmp) / "plain.pt"
-        atomic_torch_save({"format": FORMAT, "config": ckpt["config"], "model": model, "step": ckpt["step"]}, plain)
-        packed = Path(tmp) / "packed.pt"
+        torch.save({"format": FORMAT, "config": ckpt["config"], "model": model, "step": ckpt["step"]}, plain)
         with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zout:
             for info in zin.infolist():
                 zout.writestr(info.filename, zin.read(info.filename))
-        os.replace(packed, dst)
     return dst
 
 

@@ -18,6 +18,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from hmr_fast.atomic import atomic_path
+
 FOURCCS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
 
 
@@ -116,15 +118,6 @@ class ParamsRecorder:
         arrays.setdefault("frame_index", np.zeros(0, dtype=np.int64))  # present even when no frame was done
         for key, value in meta.items():
             arrays[key] = np.asarray(value)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.stem}.partial.npz")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
         return self.path

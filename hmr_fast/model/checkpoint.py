@@ -13,11 +13,11 @@ leaves the previous checkpoint intact, never a torn one.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from hmr_fast.atomic import atomic_path
 
 FORMAT = "hmr_fast.checkpoint/1"
 SMPL_PREFIX = "smpl."
@@ -29,26 +29,11 @@ def model_state(model) -> dict:
     return {k: v for k, v in model.state_dict().items() if not k.startswith(SMPL_PREFIX)}
 
 
-def atomic_torch_save(payload: dict, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path, model, config: dict, step: int = 0, **state) -> None:
     """Write model + config (+ any trainer state given as keyword arguments) atomically."""
     payload = {"format": FORMAT, "config": config, "model": model_state(model), "step": int(step), **state}
-    atomic_torch_save(payload, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def read_checkpoint(path, map_location="cpu") -> dict:
