@@ -14,7 +14,7 @@ import torch
 
 from hmr_fast.body.reference import rodrigues
 from hmr_fast.data.keypoints import NUM_LSP
-from hmr_fast.metrics import LEFT_HIP, RIGHT_HIP
+from hmr_fast.metrics import LEFT_HIP, RIGHT_HIP, align_by_pelvis
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -27,10 +27,6 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def keypoint_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """pred (B, J, 2), gt (B, J, 3) = x, y, visibility in normalised crop coordinates."""
     return _weighted_mean((pred - gt[..., :2]).abs(), gt[..., 2:3])
-
-
-def align_by_pelvis(joints: torch.Tensor) -> torch.Tensor:
-    return joints - (joints[:, RIGHT_HIP] + joints[:, LEFT_HIP])[:, None] / 2
 
 
 def joints3d_loss(pred: torch.Tensor, gt: torch.Tensor, has_3d: torch.Tensor) -> torch.Tensor:

@@ -162,9 +162,3 @@ def normalise_images(images, gains=None):
     mean = torch.as_tensor(IMAGENET_MEAN, device=x.device)[:, None, None] * 255.0
     std = torch.as_tensor(IMAGENET_STD, device=x.device)[:, None, None] * 255.0
     return (x - mean) / std
-
-
-def denormalise_image(chw: np.ndarray) -> np.ndarray:
-    """Inverse of `normalise_image`, back to (S, S, 3) uint8 RGB (for previews)."""
-    x = chw.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
-    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)

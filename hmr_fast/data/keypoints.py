@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from hmr_fast.body.joint_sets import HMR19_NAMES
+from hmr_fast.body.model_data import SMPL_JOINT_NAMES
 
 NUM_HMR = len(HMR19_NAMES)  # 19
 NUM_LSP = 14  # the LSP joints at the front of HMR's 19: the 3D losses and metrics use them
@@ -51,9 +52,7 @@ def _mirror_permutation(names) -> tuple:
 
 
 HMR19_FLIP = _mirror_permutation(HMR19_NAMES)
-SPIN24_FLIP = _mirror_permutation(SPIN24_NAMES)
-# SMPL's 24 joints: pelvis, L hip, R hip, spine1, L knee, R knee, ... (SMPL_JOINT_NAMES).
-SMPL24_FLIP = (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10, 12, 14, 13, 15, 17, 16, 19, 18, 21, 20, 23, 22)
+SMPL24_FLIP = _mirror_permutation(SMPL_JOINT_NAMES)
 
 
 def spin24_to_hmr19(points: np.ndarray) -> np.ndarray:

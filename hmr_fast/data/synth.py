@@ -78,6 +78,7 @@ _REGION_OF_JOINT = {
     **dict.fromkeys((12, 15, 20, 21, 22, 23), "skin"),
     **dict.fromkeys((18, 19), "sleeve"),
 }
+REGIONS = ("skin", "shirt", "trousers", "shoes", "sleeve")
 SKIN_TONES = np.array([[60, 90, 140], [90, 130, 190], [130, 170, 220], [160, 195, 235], [40, 60, 95]], float)
 
 
@@ -87,7 +88,7 @@ class BodyPalette:
     def __init__(self, layer):
         weights = layer.lbs_weights.detach().cpu().numpy()
         part = weights.argmax(1)
-        self.region = np.array([_REGION_OF_JOINT[int(j)] for j in part])
+        self.region = np.array([REGIONS.index(_REGION_OF_JOINT[int(j)]) for j in part])  # index into REGIONS
         v = layer.v_template.detach().cpu().numpy()
         head_joint = layer.J_template.detach().cpu().numpy()[15]
         head = (part == 15) | (part == 12)
@@ -98,11 +99,9 @@ class BodyPalette:
         """(V, 3) BGR colours for one person."""
         skin = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.9, 1.1)
         shirt = rng.uniform(20, 240, 3)
-        table = {"skin": skin, "shirt": shirt, "trousers": rng.uniform(20, 200, 3),
-                 "shoes": rng.uniform(10, 120, 3), "sleeve": shirt if rng.random() < 0.5 else skin}
-        out = np.array([table[r] for r in ("skin", "shirt", "trousers", "shoes", "sleeve")])
-        index = {"skin": 0, "shirt": 1, "trousers": 2, "shoes": 3, "sleeve": 4}
-        colors = out[np.vectorize(index.get)(self.region)]
+        trousers, shoes = rng.uniform(20, 200, 3), rng.uniform(10, 120, 3)
+        sleeve = shirt if rng.random() < 0.5 else skin
+        colors = np.array([skin, shirt, trousers, shoes, sleeve])[self.region]  # in REGIONS' order
         colors[self.hair] = rng.uniform(10, 120) * np.array([0.6, 0.8, 1.0])
         return colors
 

@@ -8,10 +8,9 @@ Crops that reach past the frame are padded with black, as the training crops are
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from hmr_fast.data.augment import crop_matrix
+from hmr_fast.data.augment import crop_image, crop_matrix
 
 
 def as_box(box) -> np.ndarray:
@@ -45,9 +44,7 @@ def centre_box(height: int, width: int, fraction: float = 0.8) -> np.ndarray:
 def crop(frame: np.ndarray, box, img_size: int) -> np.ndarray:
     """(img_size, img_size, 3) uint8 crop of `frame` (H, W, 3) inside box (cx, cy, size)."""
     cx, cy, size = box
-    matrix = crop_matrix((cx, cy), size, img_size)
-    return cv2.warpAffine(frame, matrix, (img_size, img_size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    return crop_image(frame, crop_matrix((cx, cy), size, img_size), img_size)
 
 
 def to_pixels(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
