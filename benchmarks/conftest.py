@@ -1,4 +1,5 @@
-"""Benchmarks reuse the tests' fixtures (random models, the float32-exact mannequin).
+"""Benchmarks reuse the tests' fixtures (random models, the float32-exact mannequin), and
+its switch to the Triton interpreter when there is no CUDA.
 
 tests/conftest.py is loaded under its own module name: a plain `from conftest import ...`
 here would import this file itself.
@@ -6,11 +7,6 @@ here would import this file itself.
 import importlib.util
 import os
 import sys
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _TESTS = os.path.join(os.path.dirname(__file__), "..", "tests")
 sys.path.insert(0, _TESTS)

@@ -26,7 +26,6 @@ def random_model_data(num_vertices=6890, num_betas=10, seed=None, k=4) -> SMPLMo
     """
     rng = np.random.default_rng(seed)
     V = num_vertices
-    f32 = lambda a: a.astype(np.float32).astype(np.float64)  # noqa: E731
     weights = rng.random((V, 24))
     weights[weights < np.sort(weights, axis=1)[:, [-k]]] = 0.0
     weights /= weights.sum(1, keepdims=True)
@@ -35,16 +34,16 @@ def random_model_data(num_vertices=6890, num_betas=10, seed=None, k=4) -> SMPLMo
         ring = rng.choice(V, size=min(8, V), replace=False)
         J_regressor[j, ring] = rng.random(len(ring)) + 0.1
     J_regressor /= J_regressor.sum(1, keepdims=True)
-    return SMPLModelData(
-        v_template=f32(rng.normal(size=(V, 3)) * 0.3),
+    return float32_exact(SMPLModelData(
+        v_template=rng.normal(size=(V, 3)) * 0.3,
         faces=rng.integers(0, V, size=(2 * V - 4, 3)),
-        J_regressor=f32(J_regressor),
+        J_regressor=J_regressor,
         parents=np.array(SMPL_PARENTS, dtype=np.int64),
-        weights=f32(weights),
-        shapedirs=f32(rng.normal(size=(V, 3, num_betas)) * 0.01),
-        posedirs=f32(rng.normal(size=(V, 3, 207)) * 0.005),
+        weights=weights,
+        shapedirs=rng.normal(size=(V, 3, num_betas)) * 0.01,
+        posedirs=rng.normal(size=(V, 3, 207)) * 0.005,
         source="random",
-    )
+    ))
 
 
 def float32_exact(data: SMPLModelData) -> SMPLModelData:
