@@ -156,8 +156,7 @@ class SMPL(nn.Module):
 
             vertices, joints, rot_mats = triton_forward(self, betas, full_pose, transl, pose2rot, return_verts, joint_set)
         else:
-            rot_mats = full_pose.view(B, NUM_JOINTS, 3) if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3)
-            rot_mats = reference.rodrigues(rot_mats) if pose2rot else rot_mats
+            rot_mats = reference.rodrigues(full_pose.view(B, NUM_JOINTS, 3)) if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3)
             vertices, joints = reference.smpl_forward(self, betas, rot_mats, transl, return_verts, joint_set)
         return SMPLOutput(
             vertices=vertices, joints=joints,
