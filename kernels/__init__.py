@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ._common import GEMM_PRECISIONS, HAVE_TRITON, gemm_precision, get_gemm_precision, set_gemm_precision
+from ._common import check_device as _check_device
 from ._common import usable as _usable
 
 _usable_cache: dict = {}
@@ -41,16 +42,12 @@ if HAVE_TRITON:
 
     def rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
         """(..., 3) axis-angle -> (..., 3, 3) rotation matrices (differentiable; finite at 0 and pi)."""
-        from ._common import check_device
-
-        check_device(axis_angle)
+        _check_device(axis_angle)
         return torch.ops.hmr_fast.rodrigues(axis_angle)
 
     def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
         """(..., 6) SPIN 6D rotation -> (..., 3, 3) rotation matrices (differentiable)."""
-        from ._common import check_device
-
-        check_device(x)
+        _check_device(x)
         return torch.ops.hmr_fast.rot6d_to_rotmat(x)
 
 else:  # pragma: no cover - platforms without triton

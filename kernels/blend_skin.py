@@ -204,10 +204,9 @@ def blend_skin_bwd_kernel(
             qy += tl.load(t + 1) * wx + tl.load(t + 5) * wy + tl.load(t + 9) * wz
             qz += tl.load(t + 2) * wx + tl.load(t + 6) * wy + tl.load(t + 10) * wz
         gp = gp_ptr + rb[:, None] * N_PAD + rn[None, :]
-        mg = mb[:, None] & (rn < N)[None, :]
-        tl.store(gp, qx, mask=mg)
-        tl.store(gp + B * N_PAD, qy, mask=mg)
-        tl.store(gp + 2 * B * N_PAD, qz, mask=mg)
+        tl.store(gp, qx, mask=mo)
+        tl.store(gp + B * N_PAD, qy, mask=mo)
+        tl.store(gp + 2 * B * N_PAD, qz, mask=mo)
         # dL/dA_j[i, :] = sum_v W[v, j] g_i (v_posed, 1)
         wd = tl.load(wdense_ptr + rn[:, None] * JP + rj[None, :])
         a00 = tl.dot(gx * px, wd, a00, input_precision=T_PREC)

@@ -225,7 +225,7 @@ def rot6d_bwd_kernel(x_ptr, grot_ptr, gx_ptr, N, BLOCK: tl.constexpr):
     tl.store(out + 5, r[5], mask=m)
 
 
-# ----------------------------------------------------------------------------- launchers
+# ----------------------------------------------------------------------------- launchers, torch ops
 def _rows(x: torch.Tensor, width: int) -> torch.Tensor:
     if x.shape[-1] != width:
         raise ValueError(f"expected (..., {width}), got {tuple(x.shape)}")
@@ -234,106 +234,44 @@ def _rows(x: torch.Tensor, width: int) -> torch.Tensor:
     return x.contiguous()
 
 
-def rodrigues_launch(axis_angle: torch.Tensor) -> torch.Tensor:
-    aa = _rows(axis_angle, 3)
-    n = aa.numel() // 3
-    out = empty((*aa.shape[:-1], 3, 3), aa)
-    if n:
-        rodrigues_fwd_kernel[(cdiv(n, BLOCK_ROWS),)](aa, out, n, BLOCK=BLOCK_ROWS)
-    return out
+def _rotation_op(name: str, arg: str, width: int, fwd_kernel, bwd_kernel):
+    """Register hmr_fast::<name>, (..., width) -> (..., 3, 3) rotation matrices, its backward op
+    hmr_fast::<name>_backward (input, dL/dR) -> dL/dinput, their fake implementations and autograd.
+    `arg` names the input in the ops' schemas."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = _rows(x, width)
+        n = x.numel() // width
+        out = empty((*x.shape[:-1], 3, 3), x)
+        if n:
+            fwd_kernel[(cdiv(n, BLOCK_ROWS),)](x, out, n, BLOCK=BLOCK_ROWS)
+        return out
+
+    def backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        x = _rows(x, width)
+        g = grad.contiguous()
+        n = x.numel() // width
+        out = empty(x.shape, x)
+        if n:
+            bwd_kernel[(cdiv(n, BLOCK_ROWS),)](x, g, out, n, BLOCK=BLOCK_ROWS)
+        return out
+
+    op = torch.library.custom_op(f"hmr_fast::{name}", forward, mutates_args=(), schema=f"(Tensor {arg}) -> Tensor")
+    backward_op = torch.library.custom_op(f"hmr_fast::{name}_backward", backward, mutates_args=(),
+                                          schema=f"(Tensor {arg}, Tensor grad) -> Tensor")
+    op.register_fake(lambda x: x.new_empty((*x.shape[:-1], 3, 3)))
+    backward_op.register_fake(lambda x, grad: torch.empty_like(x))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def grad(ctx, g_rot):
+        (x,) = ctx.saved_tensors
+        return backward_op(x, g_rot)
+
+    op.register_autograd(grad, setup_context=setup_context)
+    return op
 
 
-def rodrigues_backward_launch(axis_angle: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    aa = _rows(axis_angle, 3)
-    g = grad.contiguous()
-    n = aa.numel() // 3
-    out = empty(aa.shape, aa)
-    if n:
-        rodrigues_bwd_kernel[(cdiv(n, BLOCK_ROWS),)](aa, g, out, n, BLOCK=BLOCK_ROWS)
-    return out
-
-
-def rot6d_launch(x: torch.Tensor) -> torch.Tensor:
-    x = _rows(x, 6)
-    n = x.numel() // 6
-    out = empty((*x.shape[:-1], 3, 3), x)
-    if n:
-        rot6d_fwd_kernel[(cdiv(n, BLOCK_ROWS),)](x, out, n, BLOCK=BLOCK_ROWS)
-    return out
-
-
-def rot6d_backward_launch(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    x = _rows(x, 6)
-    g = grad.contiguous()
-    n = x.numel() // 6
-    out = empty(x.shape, x)
-    if n:
-        rot6d_bwd_kernel[(cdiv(n, BLOCK_ROWS),)](x, g, out, n, BLOCK=BLOCK_ROWS)
-    return out
-
-
-# ----------------------------------------------------------------------------- torch ops
-@torch.library.custom_op("hmr_fast::rodrigues", mutates_args=())
-def rodrigues_op(axis_angle: torch.Tensor) -> torch.Tensor:
-    """(..., 3) axis-angle -> (..., 3, 3) rotation matrices."""
-    return rodrigues_launch(axis_angle)
-
-
-@rodrigues_op.register_fake
-def _(axis_angle):
-    return axis_angle.new_empty((*axis_angle.shape[:-1], 3, 3))
-
-
-@torch.library.custom_op("hmr_fast::rodrigues_backward", mutates_args=())
-def rodrigues_backward_op(axis_angle: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return rodrigues_backward_launch(axis_angle, grad)
-
-
-@rodrigues_backward_op.register_fake
-def _(axis_angle, grad):
-    return torch.empty_like(axis_angle)
-
-
-def _rodrigues_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _rodrigues_grad(ctx, grad):
-    (axis_angle,) = ctx.saved_tensors
-    return torch.ops.hmr_fast.rodrigues_backward(axis_angle, grad)
-
-
-rodrigues_op.register_autograd(_rodrigues_grad, setup_context=_rodrigues_setup)
-
-
-@torch.library.custom_op("hmr_fast::rot6d_to_rotmat", mutates_args=())
-def rot6d_op(x: torch.Tensor) -> torch.Tensor:
-    """(..., 6) SPIN 6D -> (..., 3, 3) rotation matrices."""
-    return rot6d_launch(x)
-
-
-@rot6d_op.register_fake
-def _(x):
-    return x.new_empty((*x.shape[:-1], 3, 3))
-
-
-@torch.library.custom_op("hmr_fast::rot6d_to_rotmat_backward", mutates_args=())
-def rot6d_backward_op(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return rot6d_backward_launch(x, grad)
-
-
-@rot6d_backward_op.register_fake
-def _(x, grad):
-    return torch.empty_like(x)
-
-
-def _rot6d_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _rot6d_grad(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return torch.ops.hmr_fast.rot6d_to_rotmat_backward(x, grad)
-
-
-rot6d_op.register_autograd(_rot6d_grad, setup_context=_rot6d_setup)
+rodrigues_op = _rotation_op("rodrigues", "axis_angle", 3, rodrigues_fwd_kernel, rodrigues_bwd_kernel)
+rot6d_op = _rotation_op("rot6d_to_rotmat", "x", 6, rot6d_fwd_kernel, rot6d_bwd_kernel)
