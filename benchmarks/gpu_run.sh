@@ -81,20 +81,21 @@ if has compile; then
   tail -n 45 "$OUT/compile_check.txt"
 fi
 
+run_bench() {  # PHASE PYTEST_FILTER JSON_NAME: one benchmark phase, its log and JSON under $OUT
+  "$PY" -m pytest --noconftest -q -p no:cacheprovider benchmarks/bench_smpl_gpu.py -k "$2" \
+    --benchmark-json "$OUT/$3.json" --benchmark-columns=median,iqr,rounds --benchmark-sort=name \
+    >"$OUT/$1.txt" 2>&1 || FAILED+=("$1")
+  tail -n 15 "$OUT/$1.txt"
+}
+
 if has bench; then
   echo "== benchmarks (all but smplx under torch.compile)"
-  "$PY" -m pytest --noconftest -q -p no:cacheprovider benchmarks/bench_smpl_gpu.py -k "not smplx_compiled" \
-    --benchmark-json "$OUT/gpu_smpl.json" --benchmark-columns=median,iqr,rounds --benchmark-sort=name \
-    >"$OUT/bench.txt" 2>&1 || FAILED+=("bench")
-  tail -n 15 "$OUT/bench.txt"
+  run_bench bench "not smplx_compiled" gpu_smpl
 fi
 
 if has bench_compiled; then
   echo "== benchmarks: smplx under torch.compile"
-  "$PY" -m pytest --noconftest -q -p no:cacheprovider benchmarks/bench_smpl_gpu.py -k "smplx_compiled" \
-    --benchmark-json "$OUT/gpu_smpl_compiled.json" --benchmark-columns=median,iqr,rounds --benchmark-sort=name \
-    >"$OUT/bench_compiled.txt" 2>&1 || FAILED+=("bench_compiled")
-  tail -n 15 "$OUT/bench_compiled.txt"
+  run_bench bench_compiled "smplx_compiled" gpu_smpl_compiled
 fi
 
 if has summary; then
