@@ -58,15 +58,27 @@ def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
     return (rot_mats[:, 1:] - eye).flatten(1)
 
 
-def blend_shapes(betas, pose_feats, template, blend_dirs):
-    """Rest-pose vertices with shape and pose correctives: template + dirs^T [betas, pose].
+# Below this many samples blend_shapes multiplies batch-major (measured with MKL on the CPU;
+# both orders give the same numbers).
+SMALL_BATCH = 16
 
-    template (N, 3); blend_dirs (NB + 207, N * 3) stacks shapedirs over posedirs, so both
-    blend shapes are one GEMM. Returns (N, 3, B): vertex-major, batch last, the layout in
-    which this GEMM and the skinning below run fastest on a CPU (no transposed copies).
+
+def blend_shapes(coeffs, template, blend_dirs):
+    """Rest-pose vertices with shape and pose correctives: template + dirs^T coeffs.
+
+    coeffs (B, NB + 207) = [betas, pose features]; template (N, 3); blend_dirs
+    (NB + 207, N * 3) stacks shapedirs over posedirs, so both blend shapes are one GEMM.
+    Returns (N, 3, B): vertex-major, batch last, the layout in which the skinning below
+    runs fastest on a CPU.
     """
-    coeffs = torch.cat([betas, pose_feats], dim=1)
-    return torch.addmm(template.reshape(-1, 1), blend_dirs.t(), coeffs.t()).view(-1, 3, coeffs.shape[0])
+    batch = coeffs.shape[0]
+    if batch < SMALL_BATCH:
+        # MKL runs the vertex-major product (a tall transposed matrix times a few columns)
+        # up to 20x slower than usual below ~16 columns; the batch-major product plus one
+        # transposed copy is fast there.
+        posed = torch.addmm(template.reshape(1, -1), coeffs, blend_dirs)
+        return posed.t().contiguous().view(-1, 3, batch)
+    return torch.addmm(template.reshape(-1, 1), blend_dirs.t(), coeffs.t()).view(-1, 3, batch)
 
 
 def rest_joints(betas, J_template, J_shapedirs):
@@ -79,20 +91,23 @@ def kinematic_chain(rot_mats, joints, parents, levels):
 
     rot_mats (B, 24, 3, 3) local rotations; joints (B, 24, 3) rest joints; parents a tuple
     of ints; levels a tuple of tuples of joint indices, root level first (`tree_levels`).
-    A joint's parent is always on the level just above it, so each level is one batched
-    matmul against the previous level's result. Returns (global rotations (B, 24, 3, 3),
-    global translations = posed joints (B, 24, 3)).
+    Joint j's local transform is [R_j | J_j - J_parent] ([R_0 | J_0] for the root); a
+    joint's parent is always on the level just above it, so each level is one batched
+    matmul of the parents' 3x4 global transforms with the children's local ones (made 4x4
+    by a [0, 0, 0, 1] row). Returns (global rotations (B, 24, 3, 3), global translations
+    = posed joints (B, 24, 3)).
     """
-    bones = joints - joints[:, [max(p, 0) for p in parents]]  # the root's "bone" is unused
-    level_rot, level_trans = [rot_mats[:, list(levels[0])]], [joints[:, list(levels[0])]]
+    B, J = joints.shape[:2]
+    bones = torch.cat([joints[:, :1], joints[:, 1:] - joints[:, list(parents[1:])]], dim=1)
+    last_row = joints.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(B, J, 1, 4)
+    local = torch.cat([torch.cat([rot_mats, bones.unsqueeze(-1)], dim=-1), last_row], dim=-2)
+    done = [local[:, list(levels[0]), :3]]
     for above, level in zip(levels[:-1], levels[1:]):
         where_parent = [above.index(parents[j]) for j in level]
-        parent_rot, parent_trans = level_rot[-1][:, where_parent], level_trans[-1][:, where_parent]
-        level_rot.append(parent_rot @ rot_mats[:, list(level)])
-        level_trans.append(parent_trans + (parent_rot @ bones[:, list(level), :, None])[..., 0])
+        done.append(done[-1][:, where_parent] @ local[:, list(level)])
     order = [j for level in levels for j in level]
-    back = [order.index(j) for j in range(len(parents))]
-    return torch.cat(level_rot, dim=1)[:, back], torch.cat(level_trans, dim=1)[:, back]
+    global_transforms = torch.cat(done, dim=1)[:, [order.index(j) for j in range(J)]]
+    return global_transforms[..., :3], global_transforms[..., 3]
 
 
 def skinning_transforms(global_rot, global_trans, joints):
@@ -104,17 +119,21 @@ def skinning_transforms(global_rot, global_trans, joints):
     return torch.cat([global_rot, offset.unsqueeze(-1)], dim=-1).flatten(2)
 
 
-def skin(v_posed, transforms, weights):
+def skin(v_posed, per_joint, weights):
     """Linear blend skinning with 3x4 transforms, vertex-major.
 
-    v_posed (N, 3, B); transforms (B, 24, 12); weights (N, 24). The blended transform of
-    every vertex and sample is one GEMM, weights @ transforms -> (N, 3, 4, B); nothing is
-    4x4 or homogeneous. Returns (N, 3, B).
+    v_posed (N, 3, B); per_joint (24, 12 * B), the transforms from `joint_major`;
+    weights (N, 24). The blended transform of every vertex and sample is one GEMM,
+    weights @ per_joint -> (N, 3, 4, B); nothing is 4x4 or homogeneous. Returns (N, 3, B).
     """
-    B, J = transforms.shape[:2]
-    per_joint = transforms.view(B, J, 12).permute(1, 2, 0).reshape(J, 12 * B)
-    blended = (weights @ per_joint).view(-1, 3, 4, B)
+    blended = (weights @ per_joint).view(v_posed.shape[0], 3, 4, v_posed.shape[2])
     return ApplyTransforms.apply(blended, v_posed)
+
+
+def joint_major(transforms):
+    """(B, 24, 12) skinning transforms -> (24, 12 * B), the right-hand side of skin's GEMM."""
+    B, J = transforms.shape[:2]
+    return transforms.permute(1, 2, 0).reshape(J, 12 * B)
 
 
 class ApplyTransforms(torch.autograd.Function):
@@ -135,6 +154,7 @@ class ApplyTransforms(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         blended, v = ctx.saved_tensors
+        grad = grad.contiguous()  # arrives as a view of the batch-major output: strided
         grad_blended = grad_v = None
         if ctx.needs_input_grad[0]:
             grad_blended = torch.empty_like(blended)
@@ -170,11 +190,12 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights):
         step = num  # traced graphs (compile, export) keep a batch-independent shape: one chunk
     else:
         step = max(1, CHUNK_VERTEX_SAMPLES // batch)
+    coeffs, per_joint = torch.cat([betas, pose_feats], dim=1), joint_major(transforms)
     chunks = []
     for start in range(0, num, step):
         end = min(num, start + step)
-        v_posed = blend_shapes(betas, pose_feats, template[start:end], blend_dirs[:, 3 * start : 3 * end])
-        chunks.append(skin(v_posed, transforms, weights[start:end]))
+        v_posed = blend_shapes(coeffs, template[start:end], blend_dirs[:, 3 * start : 3 * end])
+        chunks.append(skin(v_posed, per_joint, weights[start:end]))
     return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).permute(2, 0, 1)
 
 
@@ -206,11 +227,14 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
     transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
     feats = pose_features(rot_mats)
+    vertices = None
     if return_verts:
         vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights)
+    if vertices is not None and not vertices.requires_grad:
         support = vertices[:, js.support]
     else:
-        vertices = None
+        # Under autograd, indexing the full vertices would scatter the joints' gradient into
+        # a B x V x 3 tensor of zeros; posing the few support vertices again is cheaper.
         support = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights)
     joints = regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
     if transl is not None:
