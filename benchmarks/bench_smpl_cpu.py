@@ -1,4 +1,7 @@
-"""smplx against the reference backend on the CPU: forward and forward+backward, B = 1, 64, 512.
+"""smplx against the reference backend on the CPU: forward and forward+backward, B = 1, 8, 64, 512.
+
+B = 8 is there because small batches take a different path in MKL (see
+reference.SMALL_BATCH): the reference must not be slower than smplx anywhere.
 
 Run (single thread, as DESIGN.md's smplx figures are):
     pytest benchmarks/bench_smpl_cpu.py --benchmark-json benchmarks/results/cpu_smpl.json
@@ -10,7 +13,7 @@ import torch
 
 from hmr_fast import SMPL
 
-BATCHES = (1, 64, 512)
+BATCHES = (1, 8, 64, 512)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -51,7 +51,7 @@ def model_pair(request, tmp_path):
 
 
 @pytest.mark.parametrize("kind", POSE_KINDS)
-@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("batch", [1, 7, reference.SMALL_BATCH + 1])  # both blend GEMM orders
 def test_forward_float64_matches_smplx(model_pair, kind, batch):
     ours, theirs = model_pair
     rng = np.random.default_rng()
@@ -217,14 +217,15 @@ def test_joint_set_reading_missing_vertices_is_a_clear_error():
         SMPL(model_path=random_model_data(num_vertices=100), backend="reference")
 
 
+@pytest.mark.parametrize("batch", [5, reference.SMALL_BATCH + 3])  # small- and large-batch paths
 @pytest.mark.parametrize("chunk_vertex_samples", [1, 997 * 5, 10**9])
-def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monkeypatch, chunk_vertex_samples):
-    """pose_vertices works a chunk of vertices at a time; any chunking gives smplx's answer."""
+def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monkeypatch, chunk_vertex_samples, batch):
+    """pose_vertices works a chunk of vertices at a time; any chunking gives smplx's answer,
+    values and gradients."""
     monkeypatch.setattr(reference, "CHUNK_VERTEX_SAMPLES", chunk_vertex_samples)
     ours = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
     theirs = smplx.create(mannequin_smplx_dir, model_type="smpl", dtype=torch.float64)
     rng = np.random.default_rng()
-    batch = 5
     aa = random_pose(batch, "random", rng)
     R = scipy_rotmats(aa)
     inputs = [torch.tensor(aa[:, 0]), torch.tensor(aa[:, 1:].reshape(batch, 69)),
@@ -234,8 +235,8 @@ def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monke
     want = theirs(global_orient=R[:, :1], body_pose=R[:, 1:], betas=inputs[2], transl=inputs[3], pose2rot=False)
     assert (got.vertices - want.vertices).abs().max() < 1e-9
     assert (got.joints - want.joints).abs().max() < 1e-9
-    weights = torch.randn_like(got.vertices)
-    g_ours = torch.autograd.grad((got.vertices * weights).sum(), inputs[2:])
-    g_theirs = torch.autograd.grad((want.vertices * weights).sum(), inputs[2:])
+    weights, joint_weights = torch.randn_like(got.vertices), torch.randn_like(got.joints)
+    g_ours = torch.autograd.grad((got.vertices * weights).sum() + (got.joints * joint_weights).sum(), inputs[2:])
+    g_theirs = torch.autograd.grad((want.vertices * weights).sum() + (want.joints * joint_weights).sum(), inputs[2:])
     for a, b in zip(g_ours, g_theirs):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)

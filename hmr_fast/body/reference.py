@@ -58,8 +58,9 @@ def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
     return (rot_mats[:, 1:] - eye).flatten(1)
 
 
-# Below this many samples blend_shapes multiplies batch-major (measured with MKL on the CPU;
-# both orders give the same numbers).
+# Below this many samples a batch is small: blend_shapes multiplies batch-major, and under
+# autograd the joints index the posed vertices (both chosen by measuring on the CPU; either
+# way gives the same numbers).
 SMALL_BATCH = 16
 
 
@@ -101,13 +102,23 @@ def kinematic_chain(rot_mats, joints, parents, levels):
     bones = torch.cat([joints[:, :1], joints[:, 1:] - joints[:, list(parents[1:])]], dim=1)
     last_row = joints.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(B, J, 1, 4)
     local = torch.cat([torch.cat([rot_mats, bones.unsqueeze(-1)], dim=-1), last_row], dim=-2)
-    done = [local[:, list(levels[0]), :3]]
-    for above, level in zip(levels[:-1], levels[1:]):
-        where_parent = [above.index(parents[j]) for j in level]
-        done.append(done[-1][:, where_parent] @ local[:, list(level)])
     order = [j for level in levels for j in level]
+    local = local[:, order]  # level by level, so each level below is a slice
+    done, start = [local[:, : len(levels[0]), :3]], len(levels[0])
+    for above, level in zip(levels[:-1], levels[1:]):
+        parent_transforms = _select(done[-1], [above.index(parents[j]) for j in level])
+        done.append(parent_transforms @ local[:, start : start + len(level)])
+        start += len(level)
     global_transforms = torch.cat(done, dim=1)[:, [order.index(j) for j in range(J)]]
     return global_transforms[..., :3], global_transforms[..., 3]
+
+
+def _select(x, index):
+    """x[:, index], as a slice when the index is a run (most of SMPL's levels): indexing
+    with a list costs a gather forward and a scatter into zeros backward."""
+    if index == list(range(index[0], index[0] + len(index))):
+        return x[:, index[0] : index[0] + len(index)]
+    return x[:, index]
 
 
 def skinning_transforms(global_rot, global_trans, joints):
@@ -206,7 +217,7 @@ def regress_joints(posed_joints, support_vertices, chain_index, vertex_regressor
     regressor row j applied to the posed support vertices (B, S, 3); vertex_regressor is
     (J, S) and zero on chain rows.
     """
-    from_vertices = vertex_regressor @ support_vertices
+    from_vertices = torch.einsum("js,bsc->bjc", vertex_regressor, support_vertices)  # one GEMM, not B
     from_chain = posed_joints[:, chain_index.clamp(min=0)]
     return torch.where((chain_index >= 0)[None, :, None], from_chain, from_vertices)
 
@@ -230,11 +241,12 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     vertices = None
     if return_verts:
         vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights)
-    if vertices is not None and not vertices.requires_grad:
+    if vertices is not None and not (vertices.requires_grad and betas.shape[0] >= SMALL_BATCH):
         support = vertices[:, js.support]
     else:
-        # Under autograd, indexing the full vertices would scatter the joints' gradient into
-        # a B x V x 3 tensor of zeros; posing the few support vertices again is cheaper.
+        # Under autograd, indexing the vertices scatters the joints' gradient into a B x V x 3
+        # tensor of zeros; for all but small batches, posing the few support vertices again
+        # is cheaper.
         support = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights)
     joints = regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
     if transl is not None:
