@@ -309,16 +309,16 @@ def default_block_n() -> int:
 
 def build_skin_mesh(template, blend_dirs, skin_indices, skin_weights, weights, num_joints: int,
                     sparse: Optional[bool] = None, block_n: Optional[int] = None) -> SkinMesh:
-    """template (N, 3), blend_dirs (C, N*3), skin_indices/skin_weights (N, K), weights (N, NJ)."""
+    """template (N, 3), blend_dirs (3, C, N), skin_indices/skin_weights (N, K), weights (N, NJ)."""
     block_n = block_n or default_block_n()
     assert VERTEX_PAD % block_n == 0
     N = template.shape[0]
-    C = blend_dirs.shape[0]
+    C = blend_dirs.shape[1]
     dtype, device = template.dtype, template.device
     n_pad = round_up(max(N, 1), VERTEX_PAD)
     c_pad = round_up(C, BLOCK_C)
     planes = torch.zeros(3, c_pad, n_pad, dtype=dtype, device=device)
-    planes[:, :C, :N] = blend_dirs.detach().reshape(C, N, 3).permute(2, 0, 1)
+    planes[:, :C, :N] = blend_dirs.detach()
     tmpl = torch.zeros(3, n_pad, dtype=dtype, device=device)
     tmpl[:, :N] = template.detach().t()
     K = skin_indices.shape[1]

@@ -58,28 +58,15 @@ def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
     return (rot_mats[:, 1:] - eye).flatten(1)
 
 
-# Below this many samples a batch is small: blend_shapes multiplies batch-major, and under
-# autograd the joints index the posed vertices (both chosen by measuring on the CPU; either
-# way gives the same numbers).
-SMALL_BATCH = 16
-
-
 def blend_shapes(coeffs, template, blend_dirs):
-    """Rest-pose vertices with shape and pose correctives: template + dirs^T coeffs.
+    """Rest-pose vertices with shape and pose correctives, as coordinate planes.
 
-    coeffs (B, NB + 207) = [betas, pose features]; template (N, 3); blend_dirs
-    (NB + 207, N * 3) stacks shapedirs over posedirs, so both blend shapes are one GEMM.
-    Returns (N, 3, B): vertex-major, batch last, the layout in which the skinning below
-    runs fastest on a CPU.
+    coeffs (B, C) = [betas, pose features, zero padding]; template (N, 3); blend_dirs
+    (3, C, N) stacks shapedirs over posedirs (and zero rows) for each coordinate, so both
+    blend shapes are one GEMM per coordinate. Returns (3, B, N): plane i holds coordinate i of
+    every sample's vertices, so the steps after it run along contiguous rows of vertices.
     """
-    batch = coeffs.shape[0]
-    if batch < SMALL_BATCH:
-        # MKL runs the vertex-major product (a tall transposed matrix times a few columns)
-        # up to 20x slower than usual below ~16 columns; the batch-major product plus one
-        # transposed copy is fast there.
-        posed = torch.addmm(template.reshape(1, -1), coeffs, blend_dirs)
-        return posed.t().contiguous().view(-1, 3, batch)
-    return torch.addmm(template.reshape(-1, 1), blend_dirs.t(), coeffs.t()).view(-1, 3, batch)
+    return torch.baddbmm(template.t().unsqueeze(1), coeffs.expand(3, *coeffs.shape), blend_dirs)
 
 
 def rest_joints(betas, J_template, J_shapedirs):
@@ -130,25 +117,27 @@ def skinning_transforms(global_rot, global_trans, joints):
     return torch.cat([global_rot, offset.unsqueeze(-1)], dim=-1).flatten(2)
 
 
-def skin(v_posed, per_joint, weights):
-    """Linear blend skinning with 3x4 transforms, vertex-major.
+def skin(v_posed, transform_rows, weights):
+    """Linear blend skinning with 3x4 transforms -> posed vertices as planes (3, B, N).
 
-    v_posed (N, 3, B); per_joint (24, 12 * B), the transforms from `joint_major`;
-    weights (N, 24). The blended transform of every vertex and sample is one GEMM,
-    weights @ per_joint -> (N, 3, 4, B); nothing is 4x4 or homogeneous. Returns (N, 3, B).
+    v_posed (3, B, N) coordinate planes; transform_rows (12 * B, 24) from
+    `rows_of_transforms`; weights (N, 24). The blended transforms of every sample and
+    vertex are one GEMM, transform_rows @ weights^T -> (3, 4, B, N); nothing is 4x4 or
+    homogeneous.
     """
-    blended = (weights @ per_joint).view(v_posed.shape[0], 3, 4, v_posed.shape[2])
+    blended = (transform_rows @ weights.t()).view(3, 4, *v_posed.shape[1:])
     return ApplyTransforms.apply(blended, v_posed)
 
 
-def joint_major(transforms):
-    """(B, 24, 12) skinning transforms -> (24, 12 * B), the right-hand side of skin's GEMM."""
+def rows_of_transforms(transforms):
+    """(B, 24, 12) skinning transforms -> (12 * B, 24): row (e, b) holds entry e of sample
+    b's 24 joint transforms, the left-hand side of skin's GEMM."""
     B, J = transforms.shape[:2]
-    return transforms.permute(1, 2, 0).reshape(J, 12 * B)
+    return transforms.permute(2, 0, 1).reshape(12 * B, J)
 
 
 class ApplyTransforms(torch.autograd.Function):
-    """posed = R v + t per vertex and sample, for blended (N, 3, 4, B) and v (N, 3, B).
+    """posed = R v + t for blended (3, 4, B, N) = [R | t] and v (3, B, N) -> (3, B, N).
 
     Autograd through the same few elementwise ops works, but allocates and concatenates
     a gradient per slice; this backward writes each gradient once (the CPU is memory-bound
@@ -158,27 +147,24 @@ class ApplyTransforms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, blended, v):
         ctx.save_for_backward(blended, v)
-        rx, ry, rz, t = blended.unbind(2)
-        x, y, z = (c.unsqueeze(1) for c in v.unbind(1))
-        return torch.addcmul(t, rx, x).addcmul_(ry, y).addcmul_(rz, z)
+        posed = torch.addcmul(blended[:, 3], blended[:, 0], v[0])
+        return posed.addcmul_(blended[:, 1], v[1]).addcmul_(blended[:, 2], v[2])
 
     @staticmethod
     def backward(ctx, grad):
         blended, v = ctx.saved_tensors
-        grad = grad.contiguous()  # arrives as a view of the batch-major output: strided
+        grad = grad.contiguous()  # a view of the interleaved (B, N, 3) gradient: strided
         grad_blended = grad_v = None
         if ctx.needs_input_grad[0]:
             grad_blended = torch.empty_like(blended)
-            for c in range(3):
-                torch.mul(grad, v[:, c : c + 1], out=grad_blended[:, :, c])
-            grad_blended[:, :, 3] = grad
+            torch.mul(grad.unsqueeze(1), v.unsqueeze(0), out=grad_blended[:, :3])
+            grad_blended[:, 3] = grad
         if ctx.needs_input_grad[1]:
-            # dL/dv_c = sum_i g_i R_ic, as two fused multiply-adds per component.
-            g0, g1, g2 = grad.unbind(1)
+            # dL/dv_c = sum_i g_i R_ic, as two fused multiply-adds per coordinate.
             grad_v = torch.empty_like(v)
             for c in range(3):
-                torch.mul(g0, blended[:, 0, c], out=grad_v[:, c])
-                grad_v[:, c].addcmul_(g1, blended[:, 1, c]).addcmul_(g2, blended[:, 2, c])
+                torch.mul(grad[0], blended[0, c], out=grad_v[c])
+                grad_v[c].addcmul_(grad[1], blended[1, c]).addcmul_(grad[2], blended[2, c])
         return grad_blended, grad_v
 
 
@@ -191,7 +177,7 @@ CHUNK_VERTEX_SAMPLES = 65536
 def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights):
     """Blend shapes then skinning -> posed vertices (B, N, 3), a chunk of vertices at a time.
 
-    Unchunked, each step is a pass through memory over N x B x 12 floats; in chunks the
+    Unchunked, each step is a pass through memory over B x N x 12 floats; in chunks the
     intermediate stays in cache and only the vertices are written out.
     """
     batch, num = betas.shape[0], template.shape[0]
@@ -201,13 +187,16 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights):
         step = num  # traced graphs (compile, export) keep a batch-independent shape: one chunk
     else:
         step = max(1, CHUNK_VERTEX_SAMPLES // batch)
-    coeffs, per_joint = torch.cat([betas, pose_feats], dim=1), joint_major(transforms)
+    coeffs = torch.cat([betas, pose_feats], dim=1)
+    coeffs = torch.nn.functional.pad(coeffs, (0, blend_dirs.shape[1] - coeffs.shape[1]))  # to the zero rows
+    rows = rows_of_transforms(transforms)
     chunks = []
     for start in range(0, num, step):
         end = min(num, start + step)
-        v_posed = blend_shapes(coeffs, template[start:end], blend_dirs[:, 3 * start : 3 * end])
-        chunks.append(skin(v_posed, per_joint, weights[start:end]))
-    return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).permute(2, 0, 1)
+        v_posed = blend_shapes(coeffs, template[start:end], blend_dirs[:, :, start:end])
+        chunks.append(skin(v_posed, rows, weights[start:end]).permute(1, 2, 0))
+    # Interleaving x, y, z is part of the one copy that joins the chunks.
+    return chunks[0].contiguous() if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
 def regress_joints(posed_joints, support_vertices, chain_index, vertex_regressor):
@@ -241,17 +230,19 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     vertices = None
     if return_verts:
         vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights)
-    if vertices is not None and not (vertices.requires_grad and betas.shape[0] >= SMALL_BATCH):
+    if vertices is not None and not (vertices.requires_grad and betas.shape[0] >= REPOSE_SUPPORT_BATCH):
         support = vertices[:, js.support]
     else:
-        # Under autograd, indexing the vertices scatters the joints' gradient into a B x V x 3
-        # tensor of zeros; for all but small batches, posing the few support vertices again
-        # is cheaper.
         support = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights)
     joints = regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
     if transl is not None:
         joints = joints + transl[:, None]
-    if vertices is not None:
-        # The add (or copy) also makes the batch-major vertices contiguous, in one pass.
-        vertices = vertices + transl[:, None] if transl is not None else vertices.contiguous()
+        if vertices is not None:
+            vertices.add_(transl[:, None])  # in place: a second B x V x 3 buffer costs more
     return vertices, joints
+
+
+# Under autograd, joints read from the posed vertices scatter their gradient into a
+# B x V x 3 tensor of zeros; from this batch size on (measured on the CPU), posing the few
+# support vertices a second time is cheaper.
+REPOSE_SUPPORT_BATCH = 16
