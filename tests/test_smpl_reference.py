@@ -166,6 +166,15 @@ def test_rotation_matrix_input_and_joints_only_path_agree():
     assert torch.allclose(joints_only.joints, full.joints, atol=1e-12)
 
 
+@pytest.mark.parametrize("batch", [1, 5, 20])
+def test_outputs_are_contiguous(mannequin_data, batch):
+    """Renderers and .view() need contiguous vertices, as smplx gives them."""
+    layer = SMPL(model_path=mannequin_data, backend="reference")
+    for transl in (None, torch.randn(batch, 3)):
+        out = layer(betas=torch.randn(batch, 10), body_pose=torch.randn(batch, 69) * 0.5, transl=transl)
+        assert out.vertices.is_contiguous() and out.joints.is_contiguous()
+
+
 @pytest.mark.parametrize("name", ["smpl24", "hmr19", "lsp14"])
 def test_joint_sets_pick_the_right_points(mannequin_data, name):
     """Without a cocoplus regressor, hmr19 is SMPL joints + vertices: check against smplx24 + vertices."""
@@ -173,8 +182,9 @@ def test_joint_sets_pick_the_right_points(mannequin_data, name):
     batch = 3
     kwargs = dict(betas=torch.randn(batch, 10, dtype=torch.float64),
                   body_pose=torch.randn(batch, 69, dtype=torch.float64) * 0.5,
-                  global_orient=torch.randn(batch, 3, dtype=torch.float64))
-    base = layer(**kwargs, joint_set="smplx45")
+                  global_orient=torch.randn(batch, 3, dtype=torch.float64),
+                  transl=torch.randn(batch, 3, dtype=torch.float64))
+    base = layer(**kwargs, joint_set="smplx45")  # joints from vertices read the translated mesh
     got = layer(**kwargs, joint_set=name, return_verts=False).joints
     chain, verts = base.joints[:, :24], base.vertices
     if name == "smpl24":

@@ -117,16 +117,16 @@ def skinning_transforms(global_rot, global_trans, joints):
     return torch.cat([global_rot, offset.unsqueeze(-1)], dim=-1).flatten(2)
 
 
-def skin(v_posed, transform_rows, weights):
+def skin(v_posed, transform_rows, weights, shift=None):
     """Linear blend skinning with 3x4 transforms -> posed vertices as planes (3, B, N).
 
     v_posed (3, B, N) coordinate planes; transform_rows (12 * B, 24) from
-    `rows_of_transforms`; weights (N, 24). The blended transforms of every sample and
-    vertex are one GEMM, transform_rows @ weights^T -> (3, 4, B, N); nothing is 4x4 or
-    homogeneous.
+    `rows_of_transforms`; weights (N, 24); shift (3, B, 1), the translation, or None. The
+    blended transforms of every sample and vertex are one GEMM, transform_rows @ weights^T
+    -> (3, 4, B, N); nothing is 4x4 or homogeneous.
     """
     blended = (transform_rows @ weights.t()).view(3, 4, *v_posed.shape[1:])
-    return ApplyTransforms.apply(blended, v_posed)
+    return ApplyTransforms.apply(blended, v_posed, shift)
 
 
 def rows_of_transforms(transforms):
@@ -137,7 +137,9 @@ def rows_of_transforms(transforms):
 
 
 class ApplyTransforms(torch.autograd.Function):
-    """posed = R v + t for blended (3, 4, B, N) = [R | t] and v (3, B, N) -> (3, B, N).
+    """posed = R v + t + shift for blended (3, 4, B, N) = [R | t], v (3, B, N) and shift
+    (3, B, 1) or None -> (3, B, N). Adding the translation here, along rows of vertices, is
+    several times cheaper than adding it to the interleaved (B, N, 3) output.
 
     Autograd through the same few elementwise ops works, but allocates and concatenates
     a gradient per slice; this backward writes each gradient once (the CPU is memory-bound
@@ -145,16 +147,17 @@ class ApplyTransforms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, blended, v):
+    def forward(ctx, blended, v, shift):
         ctx.save_for_backward(blended, v)
         posed = torch.addcmul(blended[:, 3], blended[:, 0], v[0])
-        return posed.addcmul_(blended[:, 1], v[1]).addcmul_(blended[:, 2], v[2])
+        posed.addcmul_(blended[:, 1], v[1]).addcmul_(blended[:, 2], v[2])
+        return posed if shift is None else posed.add_(shift)
 
     @staticmethod
     def backward(ctx, grad):
         blended, v = ctx.saved_tensors
         grad = grad.contiguous()  # a view of the interleaved (B, N, 3) gradient: strided
-        grad_blended = grad_v = None
+        grad_blended = grad_v = grad_shift = None
         if ctx.needs_input_grad[0]:
             grad_blended = torch.empty_like(blended)
             torch.mul(grad.unsqueeze(1), v.unsqueeze(0), out=grad_blended[:, :3])
@@ -165,7 +168,9 @@ class ApplyTransforms(torch.autograd.Function):
             for c in range(3):
                 torch.mul(grad[0], blended[0, c], out=grad_v[c])
                 grad_v[c].addcmul_(grad[1], blended[1, c]).addcmul_(grad[2], blended[2, c])
-        return grad_blended, grad_v
+        if ctx.needs_input_grad[2]:
+            grad_shift = grad.sum(-1, keepdim=True)
+        return grad_blended, grad_v, grad_shift
 
 
 # Vertices x samples per chunk in pose_vertices: small enough that a chunk's blended
@@ -174,8 +179,9 @@ class ApplyTransforms(torch.autograd.Function):
 CHUNK_VERTEX_SAMPLES = 65536
 
 
-def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights):
-    """Blend shapes then skinning -> posed vertices (B, N, 3), a chunk of vertices at a time.
+def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights, transl=None):
+    """Blend shapes, skinning, then translation (B, 3) or None -> posed vertices (B, N, 3),
+    a chunk of vertices at a time.
 
     Unchunked, each step is a pass through memory over B x N x 12 floats; in chunks the
     intermediate stays in cache and only the vertices are written out.
@@ -190,11 +196,12 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights):
     coeffs = torch.cat([betas, pose_feats], dim=1)
     coeffs = torch.nn.functional.pad(coeffs, (0, blend_dirs.shape[1] - coeffs.shape[1]))  # to the zero rows
     rows = rows_of_transforms(transforms)
+    shift = None if transl is None else transl.t().contiguous().unsqueeze(-1)
     chunks = []
     for start in range(0, num, step):
         end = min(num, start + step)
         v_posed = blend_shapes(coeffs, template[start:end], blend_dirs[:, :, start:end])
-        chunks.append(skin(v_posed, rows, weights[start:end]).permute(1, 2, 0))
+        chunks.append(skin(v_posed, rows, weights[start:end], shift).permute(1, 2, 0))
     # Interleaving x, y, z is part of the one copy that joins the chunks.
     return chunks[0].contiguous() if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
@@ -219,8 +226,10 @@ def project_weak_perspective(points: torch.Tensor, cam: torch.Tensor) -> torch.T
 def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: str):
     """The whole SMPL forward on `layer`'s buffers (see hmr_fast.body.smpl.SMPL).
 
-    rot_mats (B, 24, 3, 3). Returns (vertices (B, V, 3) or None, joints (B, J, 3)).
-    With return_verts=False only the joint set's support vertices are posed.
+    rot_mats (B, 24, 3, 3); transl (B, 3) or None. Returns (vertices (B, V, 3) or None,
+    joints (B, J, 3)). With return_verts=False only the joint set's support vertices are
+    posed. Joints from vertices are regressed from the translated mesh, as smplx selects
+    its extra joints from the translated vertices.
     """
     js = layer.joint_set_tensors(joint_set)
     joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
@@ -229,17 +238,14 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     feats = pose_features(rot_mats)
     vertices = None
     if return_verts:
-        vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights)
+        vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights, transl)
     if vertices is not None and not (vertices.requires_grad and betas.shape[0] >= REPOSE_SUPPORT_BATCH):
         support = vertices[:, js.support]
     else:
-        support = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights)
-    joints = regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
+        support = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights, transl)
     if transl is not None:
-        joints = joints + transl[:, None]
-        if vertices is not None:
-            vertices.add_(transl[:, None])  # in place: a second B x V x 3 buffer costs more
-    return vertices, joints
+        posed_joints = posed_joints + transl[:, None]
+    return vertices, regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
 
 
 # Under autograd, joints read from the posed vertices scatter their gradient into a
