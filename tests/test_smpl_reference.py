@@ -184,20 +184,36 @@ def test_joint_sets_pick_the_right_points(mannequin_data, name):
                   body_pose=torch.randn(batch, 69, dtype=torch.float64) * 0.5,
                   global_orient=torch.randn(batch, 3, dtype=torch.float64),
                   transl=torch.randn(batch, 3, dtype=torch.float64))
-    base = layer(**kwargs, joint_set="smplx45")  # joints from vertices read the translated mesh
+    base = layer(**kwargs, joint_set="smplx45")
     got = layer(**kwargs, joint_set=name, return_verts=False).joints
-    chain, verts = base.joints[:, :24], base.vertices
+    chain, verts, transl = base.joints[:, :24], base.vertices, kwargs["transl"][:, None]
     if name == "smpl24":
         assert torch.allclose(got, chain, atol=1e-12)
         return
     if "hmr19" in mannequin_data.extra_regressors:
         regressor = torch.tensor(mannequin_data.extra_regressors["hmr19"])
-        want = torch.einsum("jv,bvc->bjc", regressor, verts)
+        want = torch.einsum("jv,bvc->bjc", regressor, verts - transl) + transl  # every joint moves once
     else:
         vid = dict(SMPLX_EXTRA_VERTICES)
         want = torch.cat([chain[:, [8, 5, 2, 1, 4, 7, 21, 19, 17, 16, 18, 20, 12]],
                           verts[:, [411, vid["nose"], vid["left_eye"], vid["right_eye"], vid["left_ear"], vid["right_ear"]]]], 1)
     assert torch.allclose(got, want[:, : got.shape[1]], atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [3, reference.REPOSE_SUPPORT_BATCH + 1])
+def test_every_joint_moves_by_transl_once(mannequin_data, batch):
+    """Joints regressed from the translated mesh, from re-posed support vertices (large
+    batches under autograd) and from the joints-only path agree, for weighted regressor rows
+    (h36m17) whose sums are not exactly 1."""
+    layer = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64, joint_set="h36m17")
+    kwargs = dict(betas=torch.randn(batch, 10, dtype=torch.float64),
+                  body_pose=torch.randn(batch, 69, dtype=torch.float64) * 0.5,
+                  transl=torch.randn(batch, 3, dtype=torch.float64) * 10)
+    joints_only = layer(**kwargs, return_verts=False).joints
+    with_vertices = layer(**kwargs).joints
+    under_autograd = layer(**{k: v.requires_grad_() for k, v in kwargs.items()}).joints
+    assert torch.allclose(with_vertices, joints_only, rtol=0, atol=1e-12)
+    assert torch.allclose(under_autograd, joints_only, rtol=0, atol=1e-12)
 
 
 def test_h36m_joint_set_needs_its_regressor():

@@ -228,8 +228,7 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
 
     rot_mats (B, 24, 3, 3); transl (B, 3) or None. Returns (vertices (B, V, 3) or None,
     joints (B, J, 3)). With return_verts=False only the joint set's support vertices are
-    posed. Joints from vertices are regressed from the translated mesh, as smplx selects
-    its extra joints from the translated vertices.
+    posed.
     """
     js = layer.joint_set_tensors(joint_set)
     joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
@@ -240,12 +239,16 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     if return_verts:
         vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights, transl)
     if vertices is not None and not (vertices.requires_grad and betas.shape[0] >= REPOSE_SUPPORT_BATCH):
-        support = vertices[:, js.support]
+        support, support_moved = vertices[:, js.support], True
     else:
-        support = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights, transl)
+        support, support_moved = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights), False
+    joints = regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
     if transl is not None:
-        posed_joints = posed_joints + transl[:, None]
-    return vertices, regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
+        # Every joint moves by transl exactly once. A row regressed from the moved mesh has
+        # moved by transl * (its row sum) already (all of it for smplx's one-vertex joints).
+        once = 1 - js.vertex_regressor.sum(1) if support_moved else torch.ones_like(js.chain_index, dtype=transl.dtype)
+        joints = joints + transl[:, None] * once[:, None]
+    return vertices, joints
 
 
 # Under autograd, joints read from the posed vertices scatter their gradient into a
