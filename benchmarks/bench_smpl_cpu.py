@@ -1,7 +1,7 @@
 """smplx against the reference backend on the CPU: forward and forward+backward, B = 1, 8, 64, 512.
 
-B = 8 is there because small batches take a different path in MKL (see
-reference.SMALL_BATCH): the reference must not be slower than smplx anywhere.
+B = 8 is there because small batches once took a 10-20x slower path in MKL: the reference
+must not be slower than smplx anywhere.
 
 Run (single thread, as DESIGN.md's smplx figures are):
     pytest benchmarks/bench_smpl_cpu.py --benchmark-json benchmarks/results/cpu_smpl.json
