@@ -136,6 +136,11 @@ def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
+def lane_width(n: int) -> int:
+    """Lanes a kernel gives n joints: a power of two (tl.arange) and at least 16 (tl.dot)."""
+    return max(16, next_pow2(n))
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-int(a) // int(b))
 

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import batch_block, cdiv, empty, interpreting, kernel_precision, next_pow2, round_up, sm_count
+from ._common import batch_block, cdiv, empty, interpreting, kernel_precision, lane_width, round_up, sm_count
 
 BLOCK_N = 64  # vertices per tile on a GPU; also the block-sparsity granularity along vertices
 # Under the interpreter every program costs ~20 ms of Python whatever its size, so tiles are
@@ -326,7 +326,7 @@ def build_skin_mesh(template, blend_dirs, skin_indices, skin_weights, weights, n
     sidx[:N] = skin_indices.to(torch.int32)
     sw = torch.zeros(n_pad, K, dtype=dtype, device=device)
     sw[:N] = skin_weights.detach()
-    jp = max(16, next_pow2(num_joints))
+    jp = lane_width(num_joints)
     wd = torch.zeros(n_pad, jp, dtype=dtype, device=device)
     wd[:N, :num_joints] = weights.detach()
 

@@ -32,7 +32,7 @@ from . import blend_skin as bs  # noqa: E402
 from . import joints_projection as jpj  # noqa: E402
 from . import kinematic_chain as kc  # noqa: E402
 from . import rotations as rg  # noqa: E402
-from ._common import interpreting, next_pow2  # noqa: E402
+from ._common import interpreting, lane_width, next_pow2  # noqa: E402
 
 _INT_POINTERS = ("sidx", "support", "chunk_list", "chunk_count", "parent", "depth", "children")
 _ALIGNED_INTS = ("C_PAD", "N_PAD")
@@ -83,7 +83,7 @@ def specs() -> list:
             out.append(Spec(ft, kern, dict(BLOCK=rg.BLOCK_ROWS), ft))
     nb, nj = 10, 24
     c_pad = 224
-    chain = dict(NJ=nj, JP=max(16, next_pow2(nj)), NUM_LEVELS=9, BLOCK_B=kc.BLOCK_B)
+    chain = dict(NJ=nj, JP=lane_width(nj), NUM_LEVELS=9, BLOCK_B=kc.BLOCK_B)
     for ft, pose2rot in (("fp32", True), ("fp32", False), ("fp64", True)):
         label = f"{ft} {'axis-angle' if pose2rot else 'rotmat'}"
         out.append(Spec(label, kc.pose_chain_fwd_kernel,
@@ -121,7 +121,7 @@ def specs() -> list:
                         stages))
     for ft, J, transl_in_verts, cam in (("fp32", 45, True, False), ("fp32", 19, False, True),
                                         ("fp64", 17, False, True)):
-        jop = max(16, next_pow2(J))
+        jop = lane_width(J)
         common = dict(NJ=nj, JP=32, J=J, JOP=jop, BLOCK_B=jpj.BLOCK_B, BLOCK_S=jpj.BLOCK_S)
         label = f"{ft} J={J}" + (" verts+transl" if transl_in_verts else "") + (" cam" if cam else "")
         out.append(Spec(label, jpj.regress_project_fwd_kernel,

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import cdiv, empty, interpreting, next_pow2
+from ._common import cdiv, empty, interpreting, lane_width, next_pow2
 from .rotations import rodrigues, rodrigues_backward
 
 BLOCK_B = 4  # samples per program: one warp per sample, its 32 lanes the joints (gathers are shuffles)
@@ -419,7 +419,7 @@ def pose_chain_launch(pose, betas, J_template, J_shapedirs, parents, depth, chil
         pose_chain_fwd_kernel[(cdiv(B, bb),)](
             pose, betas, J_template, J_shapedirs, parents, depth,
             rot, coeffs, joints, transforms, B, NB, c_pad,
-            POSE2ROT=pose2rot, NJ=NJ, JP=max(16, next_pow2(NJ)), NUM_LEVELS=num_levels,
+            POSE2ROT=pose2rot, NJ=NJ, JP=lane_width(NJ), NUM_LEVELS=num_levels,
             NBP=next_pow2(NB), PAD_W=pad_width(NB, NJ, c_pad), BLOCK_B=bb, num_warps=NUM_WARPS)
     return rot, coeffs, joints, transforms
 
@@ -440,7 +440,7 @@ def pose_chain_backward_launch(pose, betas, J_template, J_shapedirs, parents, de
         pose_chain_bwd_kernel[(cdiv(B, bb),)](
             pose, betas, J_template, J_shapedirs, parents, depth, children,
             *[dummy if g is None else g for g in grads], g_pose, g_betas, B, NB, c_pad,
-            POSE2ROT=pose2rot, NJ=NJ, JP=max(16, next_pow2(NJ)), NUM_LEVELS=num_levels,
+            POSE2ROT=pose2rot, NJ=NJ, JP=lane_width(NJ), NUM_LEVELS=num_levels,
             MAXC=children.shape[1], BLOCK_B=bb,
             HAS_G_ROT=grads[0] is not None, HAS_G_COEFFS=grads[1] is not None,
             HAS_G_JOINTS=grads[2] is not None, HAS_G_TRANSFORMS=grads[3] is not None, num_warps=NUM_WARPS)

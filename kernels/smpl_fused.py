@@ -109,12 +109,12 @@ def _build(layer, key, sparse, block_n) -> Prepared:
                     J_shapedirs=layer.J_shapedirs.detach().contiguous(), parents=tables["parents"],
                     depth=tables["depth"], children=tables["children"], num_levels=tables["num_levels"], mesh=mesh,
                     forced_sparse=sparse, forced_block_n=block_n)
-    jp = _common.next_pow2(max(16, NJ))
+    jp = _common.lane_width(NJ)
     for name in layer.joint_sets:
         js = layer.joint_set_tensors(name)
         J = js.chain_index.shape[0]
         S = js.support.shape[0]
-        jop = max(16, _common.next_pow2(J))
+        jop = _common.lane_width(J)
         regT = torch.zeros(S, jop, dtype=dtype, device=device)
         regT[:, :J] = js.vertex_regressor.detach().t()
         selT = torch.zeros(jp, jop, dtype=dtype, device=device)

@@ -27,7 +27,7 @@ import triton.language as tl
 from hmr_fast.kernels import blend_skin as bs
 from hmr_fast.kernels import joints_projection as jpj
 from hmr_fast.kernels import kinematic_chain as kc
-from hmr_fast.kernels._common import batch_block, cdiv, interpreting, next_pow2
+from hmr_fast.kernels._common import batch_block, cdiv, interpreting, lane_width, next_pow2
 from hmr_fast.kernels.blend_skin import blend_skin_fwd_kernel
 from hmr_fast.kernels.joints_projection import regress_project_fwd_kernel
 from hmr_fast.kernels.kinematic_chain import pose_chain_fwd_kernel
@@ -110,7 +110,7 @@ def pose_chain_spec(num_betas: int, num_joints: int, num_levels: int, c_pad: int
         inputs=(("pose_ptr", "fp32"), ("betas_ptr", "fp32"), ("jt_ptr", "fp32"), ("jsd_ptr", "fp32"),
                 ("parent_ptr", "i32"), ("depth_ptr", "i32")),
         outputs=(("rot_ptr", "fp32"), ("coeffs_ptr", "fp32"), ("joints_ptr", "fp32"), ("transforms_ptr", "fp32")),
-        constexprs=dict(NB=NB, C_PAD=int(c_pad), NJ=NJ, JP=max(16, next_pow2(NJ)), NUM_LEVELS=int(num_levels),
+        constexprs=dict(NB=NB, C_PAD=int(c_pad), NJ=NJ, JP=lane_width(NJ), NUM_LEVELS=int(num_levels),
                         NBP=next_pow2(NB), PAD_W=kc.pad_width(NB, NJ, int(c_pad)), BLOCK_B=kc.BLOCK_B),
         block_b=kc.BLOCK_B, num_warps=kc.NUM_WARPS,
         attrs=dict(num_betas=NB, num_joints=NJ, num_levels=int(num_levels), c_pad=int(c_pad)))

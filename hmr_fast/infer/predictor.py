@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from hmr_fast.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from hmr_fast.data.augment import normalise_images
 
 from . import crops as crop_lib
 from .backends import Backend, make_backend
@@ -85,8 +85,6 @@ class Predictor:
         limit = self.backend.max_batch
         self.max_batch = int(min(max_batch, limit) if limit else max_batch)
         self._faces = getattr(self.backend, "faces", None)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
 
     @property
     def backend_name(self) -> str:
@@ -145,8 +143,7 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(crops))
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).flip(1).float()  # BGR -> RGB
-        return (x - self._mean) / self._std
+        return normalise_images(x.permute(0, 3, 1, 2).flip(1))  # BGR -> RGB, as training sees them
 
     @torch.inference_mode()
     def run_batches(self, crops: np.ndarray) -> dict:
