@@ -11,6 +11,7 @@ frame for 3D: x right, y down, z forward, the same axes as the image.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -154,11 +155,18 @@ def normalise_images(images, gains=None):
     (the result clipped to 255 before normalising, as SPIN does). Datasets return uint8 so
     the workers and the host-to-device copy move a quarter of the bytes; this runs on the GPU.
     """
-    import torch
-
     x = images.float()
     if gains is not None:
         x = (x * gains.to(x.device, x.dtype)[:, :, None, None]).clamp_(max=255.0)
-    mean = torch.as_tensor(IMAGENET_MEAN, device=x.device)[:, None, None] * 255.0
-    std = torch.as_tensor(IMAGENET_STD, device=x.device)[:, None, None] * 255.0
+    mean, std = _imagenet_stats(x.device)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _imagenet_stats(device):
+    """ImageNet's mean and std (3, 1, 1) in 0..255 units on `device`, made once per device:
+    a tensor from host memory is a blocking copy, too slow for the video loop."""
+    import torch
+
+    return (torch.as_tensor(IMAGENET_MEAN, device=device)[:, None, None] * 255.0,
+            torch.as_tensor(IMAGENET_STD, device=device)[:, None, None] * 255.0)
