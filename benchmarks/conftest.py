@@ -13,5 +13,6 @@ sys.path.insert(0, _TESTS)
 _spec = importlib.util.spec_from_file_location("hmr_fast_tests_conftest", os.path.join(_TESTS, "conftest.py"))
 _tests_conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_tests_conftest)
+one_torch_thread = _tests_conftest.one_torch_thread
 mannequin_data = _tests_conftest.mannequin_data
 mannequin_smplx_dir = _tests_conftest.mannequin_smplx_dir

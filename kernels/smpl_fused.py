@@ -123,7 +123,7 @@ def _build(layer, key, sparse, block_n) -> Prepared:
             if c >= 0:
                 selT[c, j] = 1.0
         rowsum = torch.zeros(jop, dtype=dtype, device=device)
-        rowsum[:J] = js.vertex_regressor.detach().sum(1)
+        rowsum[:J] = js.row_sums.detach()
         support = js.support.to(torch.int32)
         sub = None
         if S:

@@ -68,6 +68,16 @@ def write_smplx_model_dir(data: SMPLModelData, root) -> str:
     return str(root)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, restored after (timings and CPU training runs are
+    steadier on the shared 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def mannequin_data() -> SMPLModelData:
     """The built-in mannequin, rounded to float32 so smplx sees exactly the same numbers."""

@@ -22,12 +22,7 @@ TINY = ["model.img_size=64", "model.smpl_backend=reference", "data.num_workers=0
         "train.log_every=1", "train.eval_every=1000", "data.val_max_samples=4", "train.cpu_threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

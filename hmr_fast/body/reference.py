@@ -246,8 +246,8 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     if transl is not None:
         # Every joint moves by transl exactly once. A row regressed from the moved mesh has
         # moved by transl * (its row sum) already (all of it for smplx's one-vertex joints).
-        once = 1 - js.vertex_regressor.sum(1) if support_moved else torch.ones_like(js.chain_index, dtype=transl.dtype)
-        joints = joints + transl[:, None] * once[:, None]
+        still_to_move = (1 - js.row_sums)[:, None] if support_moved else 1
+        joints = joints + transl[:, None] * still_to_move
     return vertices, joints
 
 

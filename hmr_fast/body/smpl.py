@@ -49,6 +49,8 @@ class JointSetTensors(nn.Module):
         self.register_buffer("chain_index", torch.as_tensor(chain_index))
         self.register_buffer("support", torch.as_tensor(support, dtype=torch.int64))
         self.register_buffer("vertex_regressor", torch.as_tensor(regressor[:, support], dtype=dtype))
+        # How much of the mesh's translation a row regressed from it carries (0 on chain rows).
+        self.register_buffer("row_sums", self.vertex_regressor.sum(1))
         self.register_buffer("template", torch.as_tensor(v_template[support], dtype=dtype))
         self.register_buffer("blend_dirs", torch.as_tensor(dirs, dtype=dtype))
         self.register_buffer("weights", torch.as_tensor(weights[support], dtype=dtype))
