@@ -42,6 +42,8 @@ setup(
             "hypothesis",
             "onnx",
             "onnxruntime",
+            # TensorRT-RTX's builder runs on a CPU: the tests build the plain ONNX graph with it
+            "tensorrt-rtx-cu12; platform_system=='Linux' and platform_machine=='x86_64'",
         ],
         "trt": ["tensorrt"],
     },

@@ -1,5 +1,6 @@
 """Exports: ONNX (vs torch in onnxruntime), the TensorRT plugin graph and PTX (no TensorRT
-here: checked by emulation on the CPU), TensorRT's missing-package error, AOTInductor.
+here: checked by emulation on the CPU), the plain graph built by TensorRT-RTX's CPU builder,
+TensorRT's missing-package error, AOTInductor.
 
 AOTInductor compiles C++ for about a minute on these 2-core machines; its tests are the
 slowest here, and worth it: they are the only check that the .pt2 package really runs.
@@ -175,6 +176,39 @@ def test_missing_tensorrt_is_a_clear_error(checkpoint, tmp_path, capsys):
                               device=None, verify=False, verbose=False)
     assert run(args) == 2
     assert "TensorRT is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "m.engine").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_plain_graph_builds_with_a_real_tensorrt_builder(checkpoint, tmp_path, precision):
+    """TensorRT-RTX's ONNX parser and builder, ahead of time for SM86 on this CPU: every op
+    of the plain graph is accepted, the batch stays dynamic within the profile, and in the
+    fp16 graph the encoder runs in half while every output (the SMPL part) stays float32."""
+    trt = pytest.importorskip("tensorrt_rtx", reason="the [test] extra installs tensorrt-rtx-cu12 on Linux x86-64")
+    from hmr_fast.export.onnx import export_onnx
+    from hmr_fast.export.tensorrt import build_from_onnx
+
+    graph = export_onnx(checkpoint, tmp_path / f"model_{precision}.onnx", precision=precision)
+    engine = tmp_path / "model.engine"
+    facts = build_from_onnx(graph, engine, precision, max_batch=16, opt_batch=4, img_size=S, trt=trt,
+                            compute_capability=86)
+    assert engine.stat().st_size > 1_000_000  # the weights are in it
+    assert facts["inputs"] == {"images": [[-1, 3, S, S], "FLOAT"]}
+    assert list(facts["outputs"]) == list(OUTPUT_NAMES)
+    for name, (shape, dtype) in facts["outputs"].items():
+        assert shape[0] == -1 and dtype == "FLOAT", name
+    half_layers = facts["layer_dtypes"].get("HALF", 0)
+    assert half_layers > 20 if precision == "fp16" else half_layers == 0
+
+
+def test_tensorrt_rtx_target_is_checked(onnx_path, tmp_path):
+    trt = pytest.importorskip("tensorrt_rtx", reason="the [test] extra installs tensorrt-rtx-cu12 on Linux x86-64")
+    from hmr_fast.export.tensorrt import build_from_onnx
+
+    with pytest.raises(ValueError, match="compute_capability"):
+        build_from_onnx(onnx_path, tmp_path / "m.engine", "fp32", 4, 1, S, trt=trt)
+    with pytest.raises(ValueError, match="compute_capability 90: .*SM86"):
+        build_from_onnx(onnx_path, tmp_path / "m.engine", "fp32", 4, 1, S, trt=trt, compute_capability=90)
     assert not (tmp_path / "m.engine").exists()
 
 

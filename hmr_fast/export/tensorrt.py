@@ -18,6 +18,12 @@ Build steps (`build_engine`):
 4. The serialized engine is written atomically, with OUT.json (img_size, joint set, body
    model, precision, which SMPL graph was built) beside it.
 `EngineRunner` runs an engine on torch CUDA tensors (no pycuda): Predictor's "tensorrt" backend.
+
+Without a GPU, `build_from_onnx` still runs with TensorRT-RTX (`pip install tensorrt-rtx-cu12`,
+real PyPI wheels): its builder compiles ahead of time for a named compute capability
+(SM75/80/86/89/120; not SM90) on a CPU. The tests build the plain graph that way, so a real
+TensorRT ONNX parser and builder check every op, the dynamic batch and the fp16 typing.
+TensorRT-RTX's wheel lacks tensorrt.plugin, so the plugin graph waits for a GPU and TensorRT.
 """
 from __future__ import annotations
 
@@ -58,10 +64,48 @@ def _strongly_typed_flag(trt):
     return getattr(flags, "STRONGLY_TYPED", None) if flags is not None else None
 
 
+def _is_rtx(trt) -> bool:
+    """TensorRT-RTX: builds for named compute capabilities, has no timing cache."""
+    return hasattr(trt, "ComputeCapability")
+
+
+def _compute_capability(trt, capability: int):
+    name = f"SM{int(capability)}"
+    if not hasattr(trt.ComputeCapability, name):
+        known = [n for n in trt.ComputeCapability.__members__ if n.startswith("SM")]
+        raise ValueError(f"compute_capability {capability}: this TensorRT-RTX builds only for {known}")
+    return getattr(trt.ComputeCapability, name)
+
+
+def network_io(network) -> dict:
+    """A parsed network's {"inputs"/"outputs": {name: [shape, dtype]}} (-1: dynamic) and
+    "layer_dtypes": {dtype: how many layers' first outputs have it}."""
+    io = {"inputs": {}, "outputs": {}, "layer_dtypes": {}}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.num_outputs:
+            name = layer.get_output(0).dtype.name
+            io["layer_dtypes"][name] = io["layer_dtypes"].get(name, 0) + 1
+    for kind, count, get in (("inputs", network.num_inputs, network.get_input),
+                             ("outputs", network.num_outputs, network.get_output)):
+        for i in range(count):
+            t = get(i)
+            io[kind][t.name] = [list(t.shape), t.dtype.name]
+    return io
+
+
 def build_from_onnx(onnx_path, engine_path, precision: str, max_batch: int, opt_batch: int, img_size: int,
-                    timing_cache=None, workspace_gb: float = 4.0, verbose: bool = False) -> dict:
-    """Parse `onnx_path`, build an engine and write it atomically; returns build facts."""
-    trt = require_tensorrt()
+                    timing_cache=None, workspace_gb: float = 4.0, verbose: bool = False, trt=None,
+                    compute_capability: int | None = None) -> dict:
+    """Parse `onnx_path`, build an engine and write it atomically; returns build facts.
+
+    trt: the TensorRT module (default: `tensorrt`, required); pass `tensorrt_rtx` with a
+    compute_capability (e.g. 86) to build ahead of time on a machine without a GPU."""
+    trt = trt or require_tensorrt()
+    rtx = _is_rtx(trt)
+    if (compute_capability is not None) != rtx:
+        raise ValueError("compute_capability is TensorRT-RTX's ahead-of-time target: give it with tensorrt_rtx "
+                         "and only then (TensorRT builds for the GPU it runs on)")
     logger = _logger(trt, verbose)
     builder = trt.Builder(logger)
     strong = _strongly_typed_flag(trt)
@@ -78,22 +122,29 @@ def build_from_onnx(onnx_path, engine_path, precision: str, max_batch: int, opt_
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # float32 engines match torch to 1e-4, not TF32's 1e-3
+    if rtx:
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(_compute_capability(trt, compute_capability), 0)
     profile = builder.create_optimization_profile()
     shape = lambda b: (b, 3, img_size, img_size)  # noqa: E731
     profile.set_shape("images", shape(1), shape(min(opt_batch, max_batch)), shape(max_batch))
     config.add_optimization_profile(profile)
-    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if timing_cache and not rtx:  # TensorRT-RTX ignores timing caches
+        cache_bytes = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (run with --verbose for its log)")
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
-    if timing_cache:
+    if timing_cache and not rtx:
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {"onnx": str(onnx_path), "strongly_typed": strong is not None, "tensorrt": trt.__version__}
+    facts = {"onnx": str(onnx_path), "strongly_typed": strong is not None, "tensorrt": trt.__version__,
+             "package": trt.__name__, **network_io(network)}
+    if rtx:
+        facts["compute_capability"] = int(compute_capability)
+    return facts
 
 
 def build_engine(checkpoint, engine_path, precision: str = "fp16", max_batch: int = 64, opt_batch: int = 8,
