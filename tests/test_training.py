@@ -144,6 +144,45 @@ def test_resume_continues_exactly(synth_dir, tmp_path):
     assert ckpt["step"] == 4 and ckpt["data"]["batches_consumed"] == 4
 
 
+def test_init_fine_tunes_from_a_run_or_a_packed_checkpoint(synth_dir, tmp_path):
+    """model.init: a new run starts from another run's HMR and discriminator weights (step 0,
+    fresh optimizers); a packed checkpoint (float16 weights, no discriminator) works too."""
+    from hmr_fast.infer.pack import pack
+    from hmr_fast.training.train import Trainer
+
+    _train(synth_dir, tmp_path / "a", steps=2)
+    source = tmp_path / "a" / "last.pt"
+    saved = torch.load(source, weights_only=True)
+    trainer = Trainer(load_config(SMOKE, TINY + [f"model.init={source}"]), synth_dir, tmp_path / "b")
+    assert trainer.step == 0 and not trainer.e_opt.state
+    own = trainer.model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in saved["model"].items())
+    disc = trainer.discriminator.state_dict()
+    assert all(torch.equal(disc[k], v) for k, v in saved["discriminator"].items())
+
+    packed = pack(source, tmp_path / "packed.pt")
+    trainer = Trainer(load_config(SMOKE, TINY + [f"model.init={packed}"]), synth_dir, tmp_path / "c")
+    own = trainer.model.state_dict()
+    for k, v in saved["model"].items():
+        assert own[k].dtype == v.dtype and torch.equal(own[k], v.half().to(v.dtype)), k
+    fresh = trainer.discriminator.state_dict()
+    assert not all(torch.equal(fresh[k], v) for k, v in saved["discriminator"].items())
+    records = _loss_records(_train(synth_dir, tmp_path / "d", f"model.init={packed}", steps=2))
+    assert sorted(records) == [1, 2] and all(np.isfinite(r["loss/total"]) for r in records.values())
+
+
+def test_init_that_does_not_fit_is_an_error_naming_the_key(synth_dir, tmp_path):
+    from hmr_fast.training.train import Trainer
+
+    with pytest.raises(ConfigError, match="model.init: checkpoint .*missing.pt not found"):
+        Trainer(load_config(SMOKE, TINY + [f"model.init={tmp_path / 'missing.pt'}"]), synth_dir, tmp_path / "x")
+    _train(synth_dir, tmp_path / "a", steps=1)
+    init = f"model.init={tmp_path / 'a' / 'last.pt'}"
+    with pytest.raises(ConfigError, match="model.init: .* model.backbone='resnet18', this config 'resnet34'"):
+        Trainer(load_config(SMOKE, TINY + [init, "model.backbone=resnet34"]), synth_dir, tmp_path / "y")
+    assert not (tmp_path / "y").exists()
+
+
 def test_refuses_to_overwrite_a_run_without_resume(synth_dir, tmp_path):
     _train(synth_dir, tmp_path / "r", steps=1)
     with pytest.raises(FileExistsError, match="--resume"):

@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     backbone: str = "resnet50"  # resnet18 / resnet34 / resnet50 / resnet101
     pretrained: Optional[str] = None  # a local torchvision checkpoint; nothing is downloaded
+    init: Optional[str] = None  # fine-tune: an hmr_fast checkpoint whose HMR (+ discriminator) weights start the run
     pose_repr: str = "axis_angle"  # axis_angle (HMR) or 6d (SPIN)
     ief_iters: int = 3
     img_size: int = 224

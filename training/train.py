@@ -12,7 +12,9 @@ iteration's parameters (fake), as HMR does.
 
 RUN/ gets: last.pt (atomic checkpoint), config.yaml, metrics.jsonl (one JSON object per
 log), tb/ (TensorBoard). --resume continues from RUN/last.pt exactly: model, both
-optimizers, schedulers, every RNG, the step and the data position.
+optimizers, schedulers, every RNG, the step and the data position. model.init=CKPT
+fine-tunes instead: a new run whose HMR (and discriminator, when CKPT has one) start from
+CKPT's weights, with fresh optimizers, step 0 and this config's data.
 """
 from __future__ import annotations
 
@@ -124,6 +126,18 @@ def distributed_setup():
     return dist.get_rank(), world, local_rank
 
 
+def _load_matching(module, state: dict, path, skip_prefix: str | None = None) -> None:
+    """Load `state` into `module`, every key and shape matching (errors name the first misfits)."""
+    own = {k: v for k, v in module.state_dict().items() if not (skip_prefix and k.startswith(skip_prefix))}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ConfigError(f"model.init: {path}'s weights do not fit this model (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}, other shapes {wrong[:3]})")
+    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=False)
+
+
 # ---------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------
@@ -170,8 +184,11 @@ class Trainer:
         # Models and optimizers.
         model_cfg = config_to_dict(config)["model"]
         self.smpl = build_smpl(model_cfg)
-        self.model = build_model(model_cfg, smpl=self.smpl).to(self.device)
+        init = config.model.init if checkpoint is None else None  # a resumed run has its own weights
+        self.model = build_model(model_cfg, smpl=self.smpl, pretrained=init is None).to(self.device)
         self.discriminator = Discriminator().to(self.device)
+        if init:
+            self._init_weights(init)
         if self.device.type == "cuda" and tc.channels_last:
             self.model.encoder.to(memory_format=torch.channels_last)
         oc = config.optim
@@ -220,6 +237,24 @@ class Trainer:
         self.writer = None
 
     # -- checkpoints ----------------------------------------------------------------------
+    def _init_weights(self, path) -> None:
+        """model.init: HMR weights (and the discriminator's, if saved) from another run or a
+        packed checkpoint (float16 weights are cast to this model's dtype)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"model.init: checkpoint {path} not found")
+        ckpt = read_checkpoint(path)
+        theirs = ckpt["config"].get("model", {})
+        for key in ("backbone", "pose_repr", "ief_iters", "joint_set"):
+            if theirs.get(key) != getattr(self.config.model, key):
+                raise ConfigError(f"model.init: {path} has model.{key}={theirs.get(key)!r}, this config "
+                                  f"{getattr(self.config.model, key)!r}; they must match to fine-tune")
+        _load_matching(self.model, ckpt["model"], path, skip_prefix="smpl.")
+        if "discriminator" in ckpt:
+            _load_matching(self.discriminator, ckpt["discriminator"], path)
+        log.info("model.init: weights from %s (step %s)%s", path, ckpt.get("step"),
+                 "" if "discriminator" in ckpt else "; it has no discriminator, which starts fresh")
+
     def _restore(self, ckpt: dict) -> None:
         self.model.load_state_dict({**self.model.state_dict(), **ckpt["model"]})
         self.discriminator.load_state_dict(ckpt["discriminator"])
