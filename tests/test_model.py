@@ -1,5 +1,6 @@
 """HMR model: encoder, IEF regressor, discriminator, the SMPL switch, checkpoints."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -167,6 +168,20 @@ def test_checkpoint_round_trip_with_weights_only(model, smpl, tmp_path):
     assert config == CONFIG and not loaded.training
     images = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(loaded(images).joints3d, model(images).joints3d)
+
+
+def test_weights_that_do_not_fit_name_the_misfits(model, smpl, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, CONFIG)
+    raw = torch.load(path, weights_only=True)
+    key = next(k for k, v in raw["model"].items() if v.ndim == 2)
+    cases = {"missing": (key, {k: v for k, v in raw["model"].items() if k != key}),
+             "other shapes": (key, {**raw["model"], key: raw["model"][key][:, :1]}),
+             "unexpected": ("extra.weight", {**raw["model"], "extra.weight": torch.zeros(1)})}
+    for misfit, (named, weights) in cases.items():
+        torch.save({**raw, "model": weights}, path)
+        with pytest.raises(ValueError, match="weights do not fit.*" + re.escape(f"{misfit} ['{named}']")):
+            load_checkpoint(path, smpl=smpl)
 
 
 def test_checkpoint_write_is_atomic(model, tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ from hmr_fast.data.loader import MixedDataset, make_eval_loader, make_train_load
 from hmr_fast.data.prior import PosePrior
 from hmr_fast.data.spin_npz import SpinDataset
 from hmr_fast.model import Discriminator, build_model, build_smpl, lsgan_discriminator_loss, lsgan_generator_loss
-from hmr_fast.model.checkpoint import read_checkpoint, save_checkpoint
+from hmr_fast.model.checkpoint import SMPL_PREFIX, load_weights, read_checkpoint, save_checkpoint
 
 from . import losses
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config, apply_overrides
@@ -124,18 +124,6 @@ def distributed_setup():
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend)
     return dist.get_rank(), world, local_rank
-
-
-def _load_matching(module, state: dict, path, skip_prefix: str | None = None) -> None:
-    """Load `state` into `module`, every key and shape matching (errors name the first misfits)."""
-    own = {k: v for k, v in module.state_dict().items() if not (skip_prefix and k.startswith(skip_prefix))}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise ConfigError(f"model.init: {path}'s weights do not fit this model (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]}, other shapes {wrong[:3]})")
-    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,18 +228,18 @@ class Trainer:
     def _init_weights(self, path) -> None:
         """model.init: HMR weights (and the discriminator's, if saved) from another run or a
         packed checkpoint (float16 weights are cast to this model's dtype)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"model.init: checkpoint {path} not found")
-        ckpt = read_checkpoint(path)
-        theirs = ckpt["config"].get("model", {})
-        for key in ("backbone", "pose_repr", "ief_iters", "joint_set"):
-            if theirs.get(key) != getattr(self.config.model, key):
-                raise ConfigError(f"model.init: {path} has model.{key}={theirs.get(key)!r}, this config "
-                                  f"{getattr(self.config.model, key)!r}; they must match to fine-tune")
-        _load_matching(self.model, ckpt["model"], path, skip_prefix="smpl.")
-        if "discriminator" in ckpt:
-            _load_matching(self.discriminator, ckpt["discriminator"], path)
+        try:
+            ckpt = read_checkpoint(path)
+            theirs = ckpt["config"].get("model", {})
+            for key in ("backbone", "pose_repr", "ief_iters", "joint_set"):
+                if theirs.get(key) != getattr(self.config.model, key):
+                    raise ValueError(f"{path} has model.{key}={theirs.get(key)!r}, this config "
+                                     f"{getattr(self.config.model, key)!r}; they must match to fine-tune")
+            load_weights(self.model, ckpt["model"], path, skip_prefix=SMPL_PREFIX)
+            if "discriminator" in ckpt:
+                load_weights(self.discriminator, ckpt["discriminator"], path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"model.init: {exc}") from exc
         log.info("model.init: weights from %s (step %s)%s", path, ckpt.get("step"),
                  "" if "discriminator" in ckpt else "; it has no discriminator, which starts fresh")
 

@@ -89,11 +89,19 @@ def load_checkpoint(path, map_location="cpu", smpl=None, smpl_backend: str = "au
     if smpl is None:
         smpl = build_smpl({**config["model"], "smpl_backend": smpl_backend})
     model = build_model(config["model"], smpl=smpl, pretrained=False)
-    model.load_state_dict(payload["model"], strict=False)
-    expected = set(model_state(model))
-    missing = expected - set(payload["model"])
-    unexpected = set(payload["model"]) - expected
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model its config describes "
-                         f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    load_weights(model, payload["model"], path, skip_prefix=SMPL_PREFIX)
     return model.to(map_location).eval(), config
+
+
+def load_weights(module, state: dict, source, skip_prefix: str = "") -> None:
+    """Load `state` into `module` (its keys under skip_prefix excepted), every key and shape
+    matching; float16 weights (packed checkpoints) are cast to the module's dtypes.
+    ValueError, naming `source` and the first misfits, when they do not fit."""
+    own = {k: v for k, v in module.state_dict().items() if not (skip_prefix and k.startswith(skip_prefix))}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or reshaped:
+        raise ValueError(f"{source}: weights do not fit the model (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, other shapes {reshaped[:5]})")
+    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=False)
