@@ -44,13 +44,15 @@ SPARSE_MIN_ZERO_FRACTION = 0.25  # block-sparse variant when at least this many 
 
 @triton.jit
 def _dot(a, b, acc, PREC: tl.constexpr):
+    # out_dtype=acc.dtype on every accumulating dot: triton 3.6 (the GPU machine's) defaults it to
+    # float32 and refuses a float64 accumulator; 3.8 infers it from acc.
     if PREC == "bf16":
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
     elif PREC == "bf16_emulated":  # the interpreter's bf16 dot is wrong; round, then multiply in fp32
         return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc,
                       input_precision="ieee")
     else:
-        return tl.dot(a.to(acc.dtype), b.to(acc.dtype), acc, input_precision=PREC)
+        return tl.dot(a.to(acc.dtype), b.to(acc.dtype), acc, input_precision=PREC, out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -75,9 +77,9 @@ def _blend_chunk(coeffs_ptr, dirs_ptr, rb, mb, rn, c0, C_PAD, N_PAD, acc_x, acc_
         acc_z = tl.dot(a, dz.to(tl.float32), acc_z, input_precision="ieee")
     else:
         a = a.to(acc_x.dtype)
-        acc_x = tl.dot(a, dx.to(acc_x.dtype), acc_x, input_precision=PREC)
-        acc_y = tl.dot(a, dy.to(acc_x.dtype), acc_y, input_precision=PREC)
-        acc_z = tl.dot(a, dz.to(acc_x.dtype), acc_z, input_precision=PREC)
+        acc_x = tl.dot(a, dx.to(acc_x.dtype), acc_x, input_precision=PREC, out_dtype=acc_x.dtype)
+        acc_y = tl.dot(a, dy.to(acc_x.dtype), acc_y, input_precision=PREC, out_dtype=acc_x.dtype)
+        acc_z = tl.dot(a, dz.to(acc_x.dtype), acc_z, input_precision=PREC, out_dtype=acc_x.dtype)
     return acc_x, acc_y, acc_z
 
 
@@ -209,18 +211,18 @@ def blend_skin_bwd_kernel(
         tl.store(gp + 2 * B * N_PAD, qz, mask=mo)
         # dL/dA_j[i, :] = sum_v W[v, j] g_i (v_posed, 1)
         wd = tl.load(wdense_ptr + rn[:, None] * JP + rj[None, :])
-        a00 = tl.dot(gx * px, wd, a00, input_precision=T_PREC)
-        a01 = tl.dot(gx * py, wd, a01, input_precision=T_PREC)
-        a02 = tl.dot(gx * pz, wd, a02, input_precision=T_PREC)
-        a03 = tl.dot(gx, wd, a03, input_precision=T_PREC)
-        a10 = tl.dot(gy * px, wd, a10, input_precision=T_PREC)
-        a11 = tl.dot(gy * py, wd, a11, input_precision=T_PREC)
-        a12 = tl.dot(gy * pz, wd, a12, input_precision=T_PREC)
-        a13 = tl.dot(gy, wd, a13, input_precision=T_PREC)
-        a20 = tl.dot(gz * px, wd, a20, input_precision=T_PREC)
-        a21 = tl.dot(gz * py, wd, a21, input_precision=T_PREC)
-        a22 = tl.dot(gz * pz, wd, a22, input_precision=T_PREC)
-        a23 = tl.dot(gz, wd, a23, input_precision=T_PREC)
+        a00 = tl.dot(gx * px, wd, a00, input_precision=T_PREC, out_dtype=ACC_DT)
+        a01 = tl.dot(gx * py, wd, a01, input_precision=T_PREC, out_dtype=ACC_DT)
+        a02 = tl.dot(gx * pz, wd, a02, input_precision=T_PREC, out_dtype=ACC_DT)
+        a03 = tl.dot(gx, wd, a03, input_precision=T_PREC, out_dtype=ACC_DT)
+        a10 = tl.dot(gy * px, wd, a10, input_precision=T_PREC, out_dtype=ACC_DT)
+        a11 = tl.dot(gy * py, wd, a11, input_precision=T_PREC, out_dtype=ACC_DT)
+        a12 = tl.dot(gy * pz, wd, a12, input_precision=T_PREC, out_dtype=ACC_DT)
+        a13 = tl.dot(gy, wd, a13, input_precision=T_PREC, out_dtype=ACC_DT)
+        a20 = tl.dot(gz * px, wd, a20, input_precision=T_PREC, out_dtype=ACC_DT)
+        a21 = tl.dot(gz * py, wd, a21, input_precision=T_PREC, out_dtype=ACC_DT)
+        a22 = tl.dot(gz * pz, wd, a22, input_precision=T_PREC, out_dtype=ACC_DT)
+        a23 = tl.dot(gz, wd, a23, input_precision=T_PREC, out_dtype=ACC_DT)
         sx += tl.sum(gx, axis=1)
         sy += tl.sum(gy, axis=1)
         sz += tl.sum(gz, axis=1)

@@ -11,6 +11,12 @@ Triton API notes: `ASTSource(fn, signature, constexprs, attrs)` with signature {
 (constexpr params typed "constexpr") and attrs {(arg index,): [["tt.divisibility", 16]]} is the
 form of triton 3.3 and later (3.6 to 3.8 here); triton <= 3.2 took an `AttrsDescriptor` and
 index-keyed constants instead, which this module does not support.
+
+The GPU machine runs triton 3.6, this one 3.8; to compile for the device's triton here:
+    pip install --no-deps --target /tmp/triton36 triton==3.6.0
+    PYTHONPATH=/tmp/triton36 python -m hmr_fast.kernels.compile_check --arch sm_90
+(3.6's interpreter cannot run these kernels: an int passed down a nested jit call arrives as
+an array, so under 3.6 only compilation is checked off the GPU.)
 """
 from __future__ import annotations
 

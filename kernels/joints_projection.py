@@ -59,16 +59,16 @@ def regress_project_fwd_kernel(
         v = verts_ptr + rb[:, None] * (NSRC * 3) + vidx[None, :] * 3
         m = mb[:, None] & ms[None, :]
         r = tl.load(regt_ptr + rs[:, None] * JOP + ro[None, :], mask=ms[:, None], other=0.0)
-        ax = tl.dot(tl.load(v + 0, mask=m, other=0.0), r, ax, input_precision="ieee")
-        ay = tl.dot(tl.load(v + 1, mask=m, other=0.0), r, ay, input_precision="ieee")
-        az = tl.dot(tl.load(v + 2, mask=m, other=0.0), r, az, input_precision="ieee")
+        ax = tl.dot(tl.load(v + 0, mask=m, other=0.0), r, ax, input_precision="ieee", out_dtype=ACC_DT)
+        ay = tl.dot(tl.load(v + 1, mask=m, other=0.0), r, ay, input_precision="ieee", out_dtype=ACC_DT)
+        az = tl.dot(tl.load(v + 2, mask=m, other=0.0), r, az, input_precision="ieee", out_dtype=ACC_DT)
     rj = tl.arange(0, JP)
     mp = mb[:, None] & (rj < NJ)[None, :]
     p = posed_ptr + rb[:, None] * (NJ * 3) + rj[None, :] * 3
     sel = tl.load(selt_ptr + rj[:, None] * JOP + ro[None, :])
-    ax = tl.dot(tl.load(p + 0, mask=mp, other=0.0), sel, ax, input_precision="ieee")
-    ay = tl.dot(tl.load(p + 1, mask=mp, other=0.0), sel, ay, input_precision="ieee")
-    az = tl.dot(tl.load(p + 2, mask=mp, other=0.0), sel, az, input_precision="ieee")
+    ax = tl.dot(tl.load(p + 0, mask=mp, other=0.0), sel, ax, input_precision="ieee", out_dtype=ACC_DT)
+    ay = tl.dot(tl.load(p + 1, mask=mp, other=0.0), sel, ay, input_precision="ieee", out_dtype=ACC_DT)
+    az = tl.dot(tl.load(p + 2, mask=mp, other=0.0), sel, az, input_precision="ieee", out_dtype=ACC_DT)
     if HAS_TRANSL:
         tx = tl.load(transl_ptr + rb * 3 + 0, mask=mb, other=0.0)[:, None]
         ty = tl.load(transl_ptr + rb * 3 + 1, mask=mb, other=0.0)[:, None]
