@@ -80,6 +80,28 @@ def test_batches_give_the_same_answers(checkpoint):
     assert np.allclose(one.keypoints2d[0], whole.keypoints2d[4], atol=1e-3)
 
 
+def test_compiled_backend_pads_to_its_bucket_and_matches_eager(checkpoint):
+    """backend="compiled" on the CPU (Inductor's C++ backend): a batch of 3 runs in the
+    size-4 graph and comes back as 3 rows equal to the eager backend's; a batch past
+    max_batch is refused. (On CUDA the same path adds CUDA graphs: benchmarks/.)"""
+    from hmr_fast.infer.backends import make_backend
+
+    with pytest.warns(UserWarning, match="Inductor's C\\+\\+ backend"):
+        compiled = make_backend(checkpoint, "compiled", "cpu", max_batch=4)
+    eager = make_backend(checkpoint, "torch", "cpu")
+    assert compiled.buckets == (1, 2, 4)
+    images = torch.randn(3, 3, S, S)  # fresh each run
+    got, want = compiled.run(images), eager.run(images)
+    for key, value in want.items():
+        if value is None:
+            assert got[key] is None, key
+            continue
+        assert got[key].shape == value.shape, key
+        assert torch.allclose(got[key], value, atol=1e-4, rtol=1e-4), (key, (got[key] - value).abs().max())
+    with pytest.raises(ValueError, match="max_batch 4"):
+        compiled.run(torch.zeros(5, 3, S, S))
+
+
 def test_odd_sized_and_grey_looking_inputs(predictor):
     tall = _frame(301, 97)
     out = predictor.predict(tall)  # no box: the whole image, padded square
