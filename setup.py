@@ -10,7 +10,7 @@ setup(
     name="hmr_fast",
     version="0.1.0",
     description="Human mesh recovery (HMR) with fused Triton SMPL kernels",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=[
         "hmr_fast",
         "hmr_fast.body",
