@@ -37,6 +37,24 @@ _DEFAULT_SM_COUNT = 132
 _interpreting = None
 
 
+def _interpreter_problem() -> str:
+    """Why triton's interpreter cannot run the kernels with this numpy, or "".
+
+    Triton 3.6's interpreter turns loop bounds into 1-element arrays and calls int() on them,
+    which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed in triton 3.7)."""
+    import numpy
+
+    version = lambda v: tuple(int(x) for x in v.split(".")[:2])  # noqa: E731
+    if HAVE_TRITON and version(triton.__version__) < (3, 7) and version(numpy.__version__) >= (2, 4):
+        return (f"triton {triton.__version__}'s interpreter cannot run the kernels with numpy "
+                f"{numpy.__version__} (triton-lang/triton#9171): pip install 'numpy<2.4' or 'triton>=3.7' "
+                "(on a GPU, triton 3.6 is fine)")
+    return ""
+
+
+INTERPRETER_PROBLEM = _interpreter_problem()
+
+
 def interpreting() -> bool:
     """True when the kernels were created by triton's interpreter (TRITON_INTERPRET=1 at import)."""
     global _interpreting
@@ -65,13 +83,13 @@ def usable(device) -> tuple:
             if not interpreting():
                 return False, ("TRITON_INTERPRET=1 was set after hmr_fast.kernels was imported; set it "
                                "before triton and hmr_fast.kernels are first imported")
-            return True, ""
+            return not INTERPRETER_PROBLEM, INTERPRETER_PROBLEM
         return False, NEEDS_CUDA
     return False, f"the Triton backend runs on CUDA devices (or the CPU under TRITON_INTERPRET=1), not {device.type}"
 
 
 def check_device(t: torch.Tensor) -> None:
-    if t.device.type != "cuda" and not (t.device.type == "cpu" and interpreting()):
+    if t.device.type != "cuda" and not (t.device.type == "cpu" and interpreting() and not INTERPRETER_PROBLEM):
         raise RuntimeError(f"hmr_fast kernels cannot run on {t.device}: {usable(t.device)[1]}")
 
 

@@ -169,6 +169,32 @@ def test_triton_usable_without_triton_installed():
     assert proc.stdout.count("triton is not installed") == 2, proc.stdout
 
 
+@pytest.mark.parametrize("versions,usable", [(("3.6.0", "2.4.0"), False), (("3.6.0", "2.3.5"), True),
+                                             (("3.7.0", "2.4.0"), True)])
+def test_triton_36_interpreter_with_numpy_24_says_why(versions, usable):
+    """triton 3.6's interpreter fails on numpy >= 2.4 (triton-lang/triton#9171): the Triton
+    backend must say so, not die inside the interpreter. The versions are set before the
+    import; the usable cases only ask (running would use this machine's real triton)."""
+    code = (
+        "import numpy, triton, torch\n"
+        f"triton.__version__, numpy.__version__ = {versions!r}\n"
+        "from hmr_fast.kernels import triton_usable\n"
+        "ok, why = triton_usable('cpu'); print('USABLE', ok, why)\n"
+        "from hmr_fast import SMPL\n"
+        "try:\n"
+        "    ok or SMPL(backend='triton')(betas=torch.zeros(1, 10))\n"
+        "except RuntimeError as e:\n"
+        "    print('ERROR', e)\n"
+    )
+    proc = _run_python(code, {"TRITON_INTERPRET": "1"}, drop=())
+    assert proc.returncode == 0, proc.stderr
+    if usable:
+        assert "USABLE True" in proc.stdout, proc.stdout
+    else:
+        assert "USABLE False" in proc.stdout and "ERROR" in proc.stdout, proc.stdout
+        assert "triton-lang/triton#9171" in proc.stdout and "numpy<2.4" in proc.stdout, proc.stdout
+
+
 # ----------------------------------------------------------------------------- rotations
 @pytest.mark.parametrize("kind", ["random", "zero", "tiny", "near_pi"])
 def test_rodrigues_forward_and_backward(seed, kind):
