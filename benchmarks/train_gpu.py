@@ -208,6 +208,12 @@ def phase_profile(args) -> None:
     (work / "profile.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
+def _median(values):
+    """Median of the values that were measured (a session too short to log has None)."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def phase_report(args) -> None:
     work = Path(args.work)
     results = {b: json.loads((work / f"result_{b}.json").read_text()) for b in BACKENDS
@@ -219,10 +225,8 @@ def phase_report(args) -> None:
         sessions = r["sessions"]
         summary["runs"][backend] = {
             "train_seconds": sum(s["seconds"] for s in sessions), "steps": sessions[-1]["steps_end"],
-            "images_per_s_median": statistics.median(s["images_per_s_median"] for s in sessions
-                                                     if s["images_per_s_median"]),
-            "data_wait_frac_median": statistics.median(s["data_wait_frac_median"] for s in sessions
-                                                       if s["data_wait_frac_median"] is not None),
+            "images_per_s_median": _median(s["images_per_s_median"] for s in sessions),
+            "data_wait_frac_median": _median(s["data_wait_frac_median"] for s in sessions),
             "gpu_util_mean": statistics.mean(s["gpu_util_mean"] for s in sessions if "gpu_util_mean" in s)
             if any("gpu_util_mean" in s for s in sessions) else None,
             "torch_max_allocated_gb": max((s["torch_max_allocated_gb"] or 0) for s in sessions),
@@ -232,8 +236,9 @@ def phase_report(args) -> None:
             "mpjpe_mm_end": r.get("end", {}).get("eval/mpjpe_mm"),
         }
     runs = summary["runs"]
-    if "fused" in runs and "smplx" in runs:
-        summary["speedup_fused_vs_smplx"] = runs["fused"]["images_per_s_median"] / runs["smplx"]["images_per_s_median"]
+    fused, smplx = (runs.get(b, {}).get("images_per_s_median") for b in ("fused", "smplx"))
+    if fused and smplx:
+        summary["speedup_fused_vs_smplx"] = fused / smplx
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = summary["device"].replace(" ", "_").replace("/", "_")
     (RESULTS / f"train_gpu_{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
