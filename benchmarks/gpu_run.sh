@@ -50,7 +50,7 @@ unset TRITON_INTERPRET
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | sed 's/^/nvidia-smi: /'
   "$PY" - <<'EOF'
-import importlib, sys
+import importlib, importlib.metadata, sys
 print("python", sys.version.split()[0])
 import torch, triton
 print("torch", torch.__version__, "cuda", torch.version.cuda)
@@ -59,7 +59,7 @@ print("gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "NON
 for name in ("smplx", "scipy", "pytest", "pytest_benchmark", "numpy"):
     try:
         module = importlib.import_module(name)
-        print(name, getattr(module, "__version__", "?"))
+        print(name, getattr(module, "__version__", None) or importlib.metadata.version(name.replace("_", "-")))
     except Exception as exc:  # noqa: BLE001
         print(name, "MISSING:", exc, "-- carry its wheel in .whl/ (see benchmarks/gpu_run.sh)")
 EOF
