@@ -40,6 +40,7 @@ setup(
             "pytest-benchmark",
             "smplx==0.1.28",
             "hypothesis",
+            "import-linter>=2.17",  # the layering check in .ci/run (.importlinter)
             "onnx",
             "onnxruntime",
             # TensorRT-RTX's builder runs on a CPU: the tests build the plain ONNX graph with it

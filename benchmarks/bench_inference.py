@@ -76,7 +76,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def checkpoints(workdir):
     from hmr_fast.infer.demo import DEMO_CHECKPOINT
-    from hmr_fast.infer.testing import make_checkpoint
+    from random_checkpoint import make_checkpoint
 
     demo = str(DEMO_CHECKPOINT) if DEMO_CHECKPOINT.is_file() else make_checkpoint(workdir / "demo.pt", "resnet18", 64)
     return {"demo": demo, "resnet50": make_checkpoint(workdir / "resnet50.pt", "resnet50", 224)}

@@ -3,7 +3,7 @@
 B = 8 is there because small batches once took a 10-20x slower path in MKL: the reference
 must not be slower than smplx anywhere.
 
-Run (single thread, as DESIGN.md's smplx figures are):
+Run (one thread, so that the figures compare core for core):
     pytest benchmarks/bench_smpl_cpu.py --benchmark-json benchmarks/results/cpu_smpl.json
 then `python benchmarks/summarize.py benchmarks/results/cpu_smpl.json` for the table.
 """

@@ -148,7 +148,7 @@ def phase_profile(args) -> None:
     real training steps (the "hmr.smpl" range is the forward)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from hmr_fast.body.reference import rodrigues
+    from hmr_fast.rotations import rodrigues
     from hmr_fast.model import build_smpl, smpl_joints_projected
     from hmr_fast.training.config import load_config
     from hmr_fast.training.train import Trainer

@@ -17,6 +17,7 @@ COMMANDS = {
     "synth": ("hmr_fast.data.synth", "render a synthetic training set of the mannequin"),
     "train": ("hmr_fast.training.train", "train HMR from a YAML config"),
     "eval": ("hmr_fast.training.evaluate", "MPJPE / PA-MPJPE / PCK of a checkpoint on a dataset"),
+    "pack": ("hmr_fast.model.checkpoint", "pack a checkpoint for shipping: inference weights only, float16"),
     "export": ("hmr_fast.export.cli", "export a checkpoint to ONNX, TensorRT or AOTInductor"),
     "video": ("hmr_fast.infer.video", "recover meshes from a video, image folder or webcam"),
     "demo": ("hmr_fast.infer.demo", "the end-to-end demo on a synthetic clip, nothing downloaded"),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
-# HMR's 19 keypoints put the right hip at 2 and the left hip at 3: the pelvis is their midpoint.
-RIGHT_HIP, LEFT_HIP = 2, 3
+from hmr_fast.body.joint_sets import HMR19_NAMES
+
+# HMR's pelvis is the midpoint of its two hips (LSP has no pelvis keypoint).
+RIGHT_HIP, LEFT_HIP = HMR19_NAMES.index("right_hip"), HMR19_NAMES.index("left_hip")
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -76,13 +78,15 @@ def pa_mpjpe(pred, gt, mask=None) -> torch.Tensor:
     return mpjpe(similarity_procrustes(pred, gt, mask), gt, mask)
 
 
-def pck(pred2d, gt2d, mask=None, threshold: float = 0.05, size: float = 2.0) -> torch.Tensor:
+def pck(pred2d, gt2d, mask=None, threshold: float = 0.05, size=2.0) -> torch.Tensor:
     """Percentage of correct keypoints (B,): the share of masked keypoints whose 2D error is
     below `threshold * size`.
 
-    With keypoints normalised to [-1, 1] crop coordinates the crop is `size` = 2 wide, so
-    PCK@0.05 counts errors under 5% of the crop side (11.2 px of a 224 crop).
+    size: the reference length, one number or one per sample (B,). With keypoints normalised
+    to [-1, 1] crop coordinates the crop is 2 wide (the default), so PCK@0.05 counts errors
+    under 5% of the crop side (11.2 px of a 224 crop); in pixels, pass each person's box side.
     """
     pred2d, gt2d = _as_tensor(pred2d), _as_tensor(gt2d)
     error = (pred2d - gt2d.to(pred2d.dtype)).norm(dim=-1)
+    size = _as_tensor(size).to(error.dtype).reshape(-1, 1) if not isinstance(size, (int, float)) else size
     return _masked_mean((error < threshold * size).to(pred2d.dtype), _mask(mask, pred2d))

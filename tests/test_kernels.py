@@ -21,7 +21,7 @@ import torch
 
 from conftest import float32_exact, random_model_data, write_smplx_model_dir
 from hmr_fast import SMPL
-from hmr_fast.body import reference
+from hmr_fast.kernels import reference
 
 kernels = pytest.importorskip("hmr_fast.kernels")
 from hmr_fast.kernels import _common  # noqa: E402
@@ -87,14 +87,6 @@ def random_axis_angle(batch, kind="random", dtype=torch.float64):
     if kind == "near_pi":
         return unit * (math.pi - torch.rand(batch, 24, 1, dtype=dtype, device=DEVICE) * 1e-3)
     return aa * 0.7
-
-
-def smpl_joints_projected_reference(layer, betas, full_pose, transl, cam, pose2rot, joint_set):
-    """The plain-torch twin of `hmr_fast.kernels.smpl_joints_projected`."""
-    B = betas.shape[0]
-    rot = reference.rodrigues(full_pose.view(B, 24, 3)) if pose2rot else full_pose.view(B, 24, 3, 3)
-    _, joints = reference.smpl_forward(layer, betas, rot, transl, False, joint_set)
-    return joints, reference.project_weak_perspective(joints, cam), rot
 
 
 def outputs_and_grads(layer, betas, pose, transl, pose2rot, return_verts, joint_set, weights):
@@ -337,8 +329,81 @@ def test_joints_projected_matches_twin_with_camera_gradient(seed):
         return (j3, kp, rot, *torch.autograd.grad(loss, xs))
 
     names = ("joints3d", "keypoints2d", "rot_mats", "g_betas", "g_pose", "g_transl", "g_cam")
-    for name, g, w in zip(names, run(kernels.smpl_joints_projected), run(smpl_joints_projected_reference)):
+    for name, g, w in zip(names, run(kernels.smpl_joints_projected), run(reference.smpl_joints_projected)):
         assert_close(g.reshape(w.shape), w, F64_ATOL, name)
+
+
+# ----------------------------------------------------------------------------- each fused op alone
+def op_and_twin_with_grads(name, args, grad_inputs, seed):
+    """(outputs, grads) of torch.ops.hmr_fast.<name> and of its twin reference.<name> on the
+    same arguments; the grads are of one random linear loss of every float output w.r.t.
+    the argument positions in grad_inputs."""
+    results = []
+    for fn in (getattr(torch.ops.hmr_fast, name), getattr(reference, name)):
+        xs = list(args)
+        for i in grad_inputs:
+            xs[i] = args[i].detach().clone().requires_grad_(True)
+        outs = fn(*xs)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        gen = torch.Generator(device=DEVICE).manual_seed(seed)
+        loss = sum((o * torch.randn(o.shape, dtype=o.dtype, device=DEVICE, generator=gen)).sum()
+                   for o in outs if o.numel())
+        results.append((outs, torch.autograd.grad(loss, [xs[i] for i in grad_inputs])))
+    return results
+
+
+@pytest.mark.parametrize("pose2rot", [True, False])
+def test_pose_chain_op_matches_its_twin(seed, pose2rot):
+    _, tri = layers(random_model_data(num_vertices=301), torch.float64)
+    prep = kernels.prepare(tri)
+    B = 19
+    aa = random_axis_angle(B)
+    aa[0, :2] = 0.0
+    pose = aa.flatten(1) if pose2rot else reference.rodrigues(aa).flatten(1)
+    betas = torch.randn(B, 10, dtype=torch.float64, device=DEVICE)
+    args = (pose, betas, prep.J_template, prep.J_shapedirs, prep.parents, prep.depth, prep.children,
+            prep.num_levels, pose2rot, prep.c_pad)
+    (got, g_got), (want, g_want) = op_and_twin_with_grads("pose_chain", args, (0, 1), seed)
+    for name, g, w in zip(("rot", "coeffs", "posed_joints", "transforms", "g_pose", "g_betas"),
+                          (*got, *g_got), (*want, *g_want)):
+        assert_close(g, w, F64_ATOL, name)
+
+
+@pytest.mark.parametrize("with_transl", [True, False])
+def test_blend_skin_op_matches_its_twin(seed, with_transl):
+    _, tri = layers(random_model_data(num_vertices=301), torch.float64)
+    mesh = kernels.prepare(tri).mesh
+    B, NJ = 5, 24
+    coeffs = torch.randn(B, mesh.c_pad, dtype=torch.float64, device=DEVICE) * 0.3
+    transforms = torch.randn(B, NJ, 12, dtype=torch.float64, device=DEVICE)
+    transl = torch.randn(B, 3, dtype=torch.float64, device=DEVICE) if with_transl else None
+    args = (coeffs, transforms, transl, mesh.template_planes, mesh.planes("ieee"), mesh.skin_indices,
+            mesh.skin_weights, mesh.weights_dense, mesh.chunk_list, mesh.chunk_count, mesh.chunk_mask,
+            mesh.num_vertices, mesh.sparse, "ieee")
+    grad_inputs = (0, 1, 2) if with_transl else (0, 1)
+    (got, g_got), (want, g_want) = op_and_twin_with_grads("blend_skin", args, grad_inputs, seed)
+    assert_close(got[0], want[0], F64_ATOL, "vertices")
+    for name, g, w in zip(("g_coeffs", "g_transforms", "g_transl"), g_got, g_want):
+        assert_close(g, w, F64_ATOL, name)
+
+
+@pytest.mark.parametrize("joint_set,all_vertices", [("h36m17", True), ("smplx45", False), ("hmr19", False)])
+def test_regress_project_op_matches_its_twin(seed, joint_set, all_vertices):
+    data = with_h36m(random_model_data(num_vertices=301), np.random.default_rng(seed))
+    _, tri = layers(data, torch.float64)
+    plan = kernels.prepare(tri).joint_sets[joint_set]
+    B, V = 7, 301
+    S = plan.support.shape[0]
+    verts = torch.randn(B, V if all_vertices else S, 3, dtype=torch.float64, device=DEVICE)
+    posed = torch.randn(B, 24, 3, dtype=torch.float64, device=DEVICE)
+    transl = torch.randn(B, 3, dtype=torch.float64, device=DEVICE)
+    cam = torch.rand(B, 3, dtype=torch.float64, device=DEVICE) + 0.5
+    support = plan.support if all_vertices else plan.support_local
+    args = (verts, support, plan.regT, plan.selT, plan.rowsum, posed, transl, cam, plan.num_joints, all_vertices)
+    (got, g_got), (want, g_want) = op_and_twin_with_grads("regress_project", args, (0, 5, 6, 7), seed)
+    for name, g, w in zip(("joints", "keypoints", "g_verts", "g_posed", "g_transl", "g_cam"),
+                          (*got, *g_got), (*want, *g_want)):
+        assert_close(g, w, F64_ATOL, name)
 
 
 def test_gpu_tile_shapes_under_the_interpreter(seed):

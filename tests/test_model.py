@@ -8,11 +8,11 @@ import torch
 import torchvision
 
 from hmr_fast.body import SMPL
-from hmr_fast.body.reference import project_weak_perspective, rodrigues
+from hmr_fast.camera import project_weak_perspective
 from hmr_fast.model import (HMR, Discriminator, Encoder, IEFRegressor, initial_theta, load_checkpoint,
-                            lsgan_discriminator_loss, lsgan_generator_loss, read_checkpoint, save_checkpoint,
-                            smpl_joints_projected)
+                            lsgan_discriminator_loss, lsgan_generator_loss, read_checkpoint, save_checkpoint)
 from hmr_fast.model import checkpoint as ckpt_lib
+from hmr_fast.rotations import rodrigues
 
 CONFIG = {"model": dict(backbone="resnet18", pose_repr="axis_angle", ief_iters=3, img_size=64, joint_set="hmr19",
                         dropout=0.5, smpl_model=None, smpl_backend="reference", pretrained=None)}
@@ -106,7 +106,7 @@ def test_smpl_switch_on_cpu_is_module_plus_projection(smpl):
     pose = torch.randn(B, 24, 3) * 0.3
     rot = rodrigues(pose)
     betas, cam = torch.randn(B, 10), torch.tensor([[0.9, 0.1, -0.2]] * B)
-    joints, kp = smpl_joints_projected(smpl, betas, rot, cam, "hmr19")
+    joints, kp = smpl.joints_projected(betas, rot, cam, "hmr19")
     expected = smpl(betas=betas, global_orient=pose[:, 0], body_pose=pose[:, 1:].flatten(1), joint_set="hmr19").joints
     torch.testing.assert_close(joints, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(kp, cam[:, None, :1] * (expected[..., :2] + cam[:, None, 1:]), atol=1e-5, rtol=1e-5)
@@ -234,22 +234,33 @@ def test_theta_stays_float32_under_autocast():
     assert (thetas[-1][:, 3] - torch.pi).abs().max() < 0.05
 
 
-def test_fused_kernel_is_chosen_only_where_it_applies(smpl, monkeypatch):
+def test_smpl_is_the_one_place_the_backend_is_chosen(smpl, monkeypatch):
+    """auto: the fused kernels for CUDA inputs when Triton is usable there, else the
+    reference; joints_projected runs whichever _resolve_backend chose."""
     import hmr_fast.kernels as kernels
-    from hmr_fast.model import fused_smpl_kernel
+
+    calls = []
 
     def fake(*args):
-        raise AssertionError("not called here")
+        calls.append(args)
+        return "joints", "keypoints", "rot"
 
-    monkeypatch.setattr(kernels, "smpl_joints_projected", fake, raising=False)
-    monkeypatch.setattr(kernels, "triton_usable", lambda device: (True, ""), raising=False)
+    monkeypatch.setattr(kernels, "smpl_joints_projected", fake)
+    monkeypatch.setattr(kernels, "triton_usable", lambda device: (True, ""))
     auto = SMPL(joint_set="hmr19", backend="auto")
-    cuda = torch.device("cuda")
-    assert fused_smpl_kernel(auto, cuda) is fake
-    assert fused_smpl_kernel(auto, torch.device("cpu")) is None
-    assert fused_smpl_kernel(smpl, cuda) is None  # backend="reference" asked for the module
-    monkeypatch.setattr(kernels, "triton_usable", lambda device: (False, "no GPU"), raising=False)
-    assert fused_smpl_kernel(auto, cuda) is None
+    assert auto._resolve_backend(torch.device("cuda")) == "triton"
+    assert auto._resolve_backend(torch.device("cpu")) == "reference"
+    assert smpl._resolve_backend(torch.device("cuda")) == "reference"  # backend="reference" asked for
+    B = 2
+    rot, betas, cam = rodrigues(torch.randn(B, 24, 3) * 0.3), torch.randn(B, 10), torch.rand(B, 3)
+    joints, kp = auto.joints_projected(betas, rot, cam)  # CPU tensors: the reference, not the fake
+    assert not calls and joints.shape == (B, 19, 3) and kp.shape == (B, 19, 2)
+    assert SMPL(joint_set="hmr19", backend="triton").joints_projected(betas, rot, cam) == ("joints", "keypoints")
+    assert len(calls) == 1 and calls[0][2].shape == (B, 24 * 9) and calls[0][3] is None
+    monkeypatch.setattr(kernels, "triton_usable", lambda device: (False, "no GPU"))
+    assert auto._resolve_backend(torch.device("cuda")) == "reference"
+    with pytest.raises(RuntimeError, match="no GPU"):
+        SMPL(joint_set="hmr19", backend="triton").joints_projected(betas, rot, cam)
 
 
 def test_fused_kernel_call_matches_the_module_path(smpl):
@@ -263,7 +274,7 @@ def test_fused_kernel_call_matches_the_module_path(smpl):
     rot = rodrigues(torch.randn(B, 24, 3) * 0.3)
     betas, cam = torch.randn(B, 10), torch.tensor([[0.9, 0.1, -0.2]] * B)
     joints, kp, _ = kernels.smpl_joints_projected(smpl, betas, rot.reshape(B, -1), None, cam, False, "hmr19")
-    expected_joints, expected_kp = smpl_joints_projected(smpl, betas, rot, cam, "hmr19")
+    expected_joints, expected_kp = smpl.joints_projected(betas, rot, cam, "hmr19")
     torch.testing.assert_close(joints, expected_joints, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(kp, expected_kp, atol=1e-5, rtol=1e-5)
 
@@ -272,13 +283,13 @@ def test_smplx_layer_matches_hmr_fast_smpl(smpl):
     """The baseline of the throughput comparison computes the same joints (smplx's layer on
     the mannequin file, our joint-set rows on its vertices)."""
     pytest.importorskip("smplx")
-    from hmr_fast.model.smplx_layer import SmplxLayer
+    from hmr_fast.body.smplx_layer import SmplxLayer
 
     layer = SmplxLayer(joint_set="hmr19")
     assert not any(p.requires_grad for p in layer.parameters())
     rot = rodrigues(torch.randn(2, 24, 3) * 0.3)
     betas, cam = torch.randn(2, 10), torch.tensor([[0.9, 0.0, 0.1]] * 2)
-    joints, kp = smpl_joints_projected(layer, betas, rot, cam, "hmr19")
-    expected, expected_kp = smpl_joints_projected(smpl, betas, rot, cam, "hmr19")
+    joints, kp = layer.joints_projected(betas, rot, cam, "hmr19")
+    expected, expected_kp = smpl.joints_projected(betas, rot, cam, "hmr19")
     torch.testing.assert_close(joints, expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(kp, expected_kp, atol=1e-4, rtol=1e-4)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from hmr_fast.body.reference import project_weak_perspective, rodrigues
+from hmr_fast.camera import as_box, crop, full_frame_box, keypoint_box, project_weak_perspective, to_pixels
 from hmr_fast.infer import Predictor
-from hmr_fast.infer.crops import as_box, crop, full_frame_box, keypoint_box, to_pixels
-from hmr_fast.infer.testing import make_checkpoint
+from hmr_fast.rotations import rodrigues
+from random_checkpoint import make_checkpoint
 
 S = 64  # the test checkpoint's crop size
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from hmr_fast.infer.smoothing import OneEuroFilter, ParameterSmoother, jitter, rot6d_to_rotmat, rotmat_to_6d
+from hmr_fast.infer.smoothing import OneEuroFilter, ParameterSmoother, jitter
+from hmr_fast.rotations import rot6d_to_rotmat_np as rot6d_to_rotmat, rotmat_to_6d
 
 FPS = 30.0
 

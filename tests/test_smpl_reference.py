@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from conftest import random_model_data, write_smplx_model_dir
 from hmr_fast import SMPL
-from hmr_fast.body import reference
+from hmr_fast.kernels import reference
 from hmr_fast.body.joint_sets import SMPLX_EXTRA_VERTICES
 
 POSE_KINDS = ("random", "zero", "tiny", "near_pi")

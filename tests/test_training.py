@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hmr_fast import cli
-from hmr_fast.body.reference import rodrigues
+from hmr_fast.rotations import rodrigues
 from hmr_fast.data.spin_npz import DatasetFormatError
 from hmr_fast.data.synth import synthesize
 from hmr_fast.training import losses
@@ -147,7 +147,7 @@ def test_resume_continues_exactly(synth_dir, tmp_path):
 def test_init_fine_tunes_from_a_run_or_a_packed_checkpoint(synth_dir, tmp_path):
     """model.init: a new run starts from another run's HMR and discriminator weights (step 0,
     fresh optimizers); a packed checkpoint (float16 weights, no discriminator) works too."""
-    from hmr_fast.infer.pack import pack
+    from hmr_fast.model.checkpoint import pack_checkpoint as pack
     from hmr_fast.training.train import Trainer
 
     _train(synth_dir, tmp_path / "a", steps=2)

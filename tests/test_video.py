@@ -16,7 +16,7 @@ import torch
 
 from hmr_fast.infer import Predictor
 from hmr_fast.infer.frames import FrameReader, open_source
-from hmr_fast.infer.testing import make_checkpoint
+from random_checkpoint import make_checkpoint
 from hmr_fast.infer.tracking import KeypointTracker, MotionDetector, box_iou, pick_detection
 from hmr_fast.infer.video import VideoConfig, run_video
 from hmr_fast.infer.writer import VideoSink, letterbox, partial_path

@@ -18,8 +18,13 @@ from pathlib import Path
 import torch
 
 from hmr_fast import metrics
-from hmr_fast.data.augment import normalise_images
+from hmr_fast.camera import normalise_images
+from hmr_fast.data.coco import CocoDataset
 from hmr_fast.data.keypoints import NUM_LSP
+from hmr_fast.data.loader import make_eval_loader
+from hmr_fast.data.spin_npz import SpinDataset
+from hmr_fast.devices import DEVICES, resolve_device
+from hmr_fast.model import load_checkpoint
 
 THRESHOLDS = (0.05, 0.1)
 
@@ -66,14 +71,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-samples", type=int, default=0, help="evaluate only the first N (0 = all)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
 
 
 def build_eval_dataset(data, split: str, images, img_size: int):
-    from hmr_fast.data.coco import CocoDataset
-    from hmr_fast.data.spin_npz import SpinDataset
-
     data = Path(data)
     path = data / split if data.is_dir() else data
     root = Path(images) if images else (data if data.is_dir() else data.parent)
@@ -83,11 +85,6 @@ def build_eval_dataset(data, split: str, images, img_size: int):
 
 
 def run(args) -> int:
-    from hmr_fast.data.loader import make_eval_loader
-    from hmr_fast.model import load_checkpoint
-
-    from .train import resolve_device
-
     device = resolve_device(args.device)
     model, config = load_checkpoint(args.checkpoint, map_location=device)
     dataset = build_eval_dataset(args.data, args.split, args.images, config["model"]["img_size"])

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from hmr_fast.body.reference import rodrigues
 from hmr_fast.data.keypoints import NUM_LSP
 from hmr_fast.metrics import LEFT_HIP, RIGHT_HIP, align_by_pelvis
+from hmr_fast.rotations import rodrigues
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

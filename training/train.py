@@ -33,14 +33,15 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from hmr_fast.body.reference import rodrigues
-from hmr_fast.data.augment import normalise_images
+from hmr_fast.camera import normalise_images
 from hmr_fast.data.coco import CocoDataset
 from hmr_fast.data.loader import MixedDataset, make_eval_loader, make_train_loader
 from hmr_fast.data.prior import PosePrior
 from hmr_fast.data.spin_npz import SpinDataset
+from hmr_fast.devices import DEVICES, resolve_device
 from hmr_fast.model import Discriminator, build_model, build_smpl, lsgan_discriminator_loss, lsgan_generator_loss
 from hmr_fast.model.checkpoint import SMPL_PREFIX, load_weights, read_checkpoint, save_checkpoint
+from hmr_fast.rotations import rodrigues
 
 from . import losses
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config, apply_overrides
@@ -91,14 +92,6 @@ def build_dataset(spec, data_dir: Path, img_size: int, augment):
     raise ConfigError(f"dataset kind must be 'spin' or 'coco', got {spec.kind!r} (for {spec.path})")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def rng_state(device: torch.device, prior_generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "prior": prior_generator.get_state()}
     if device.type == "cuda":
@@ -130,12 +123,40 @@ def distributed_setup():
 # The trainer
 # ---------------------------------------------------------------------------------------
 class Trainer:
+    """HMR's adversarial training (see the module docstring): `fit()` runs it."""
+
     def __init__(self, config: Config, data_dir, out_dir, resume: bool = False):
         self.config = config
         self.data_dir = Path(data_dir)
         self.out_dir = Path(out_dir)
+        self._setup_process()
+        checkpoint = self._previous_checkpoint(resume)
+        self._setup_data()
+        self._setup_models(init=config.model.init if checkpoint is None else None)  # a resumed run has its own
+        self._setup_optimizers()
+        self.step = 0
+        self.batches_consumed = 0
+        self.skipped_images = 0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self._setup_training_modules()
+        self.loader = make_train_loader(self.train_set, self.batch_size, config.train.seed, config.data.num_workers,
+                                        start_batch=self.batches_consumed, rank=self.rank, world_size=self.world,
+                                        pin_memory=self.device.type == "cuda")
+        self.batches = iter(self.loader)
+        if checkpoint is not None:  # last, after everything that might draw random numbers while being built
+            self._restore_rng(checkpoint["rng"])
+        self.is_main = self.rank == 0
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        self.writer = None
+
+    # -- setup ----------------------------------------------------------------------------
+    def _setup_process(self) -> None:
+        """Rank, device, per-process batch, determinism, threads and the seed."""
+        tc = self.config.train
         self.rank, self.world, local_rank = distributed_setup()
-        tc = config.train
         self.device = resolve_device(tc.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", local_rank)
@@ -150,17 +171,20 @@ class Trainer:
             torch.set_num_threads(tc.cpu_threads)
         torch.manual_seed(tc.seed + self.rank)
 
-        checkpoint = None
+    def _previous_checkpoint(self, resume: bool):
+        """The run's checkpoint with --resume; without it, an existing one is an error."""
         path = self.out_dir / CHECKPOINT
         if resume:
-            checkpoint = read_checkpoint(path, map_location="cpu")
-        elif path.exists():
+            return read_checkpoint(path, map_location="cpu")
+        if path.exists():
             raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+        return None
 
-        # Data: everything is checked here, before the first step.
-        augment = config.augment
+    def _setup_data(self) -> None:
+        """Training sets, pose prior and validation set: everything is checked here, before the first step."""
+        config = self.config
         img_size = config.model.img_size
-        train_sets = [build_dataset(s, self.data_dir, img_size, augment) for s in config.data.train]
+        train_sets = [build_dataset(s, self.data_dir, img_size, config.augment) for s in config.data.train]
         self.train_set = MixedDataset(train_sets, [s.weight for s in config.data.train])
         self.prior = PosePrior([self.data_dir / p for p in config.data.prior], config.data.prior_frame_stride)
         self.val_set = None
@@ -169,17 +193,19 @@ class Trainer:
             n = min(len(val), config.data.val_max_samples)
             self.val_set = torch.utils.data.Subset(val, range(n)) if n < len(val) else val
 
-        # Models and optimizers.
-        model_cfg = config_to_dict(config)["model"]
+    def _setup_models(self, init) -> None:
+        """The body model, HMR and the discriminator (from model.init's weights when given)."""
+        model_cfg = config_to_dict(self.config)["model"]
         self.smpl = build_smpl(model_cfg)
-        init = config.model.init if checkpoint is None else None  # a resumed run has its own weights
         self.model = build_model(model_cfg, smpl=self.smpl, pretrained=init is None).to(self.device)
         self.discriminator = Discriminator().to(self.device)
         if init:
             self._init_weights(init)
-        if self.device.type == "cuda" and tc.channels_last:
+        if self.device.type == "cuda" and self.config.train.channels_last:
             self.model.encoder.to(memory_format=torch.channels_last)
-        oc = config.optim
+
+    def _setup_optimizers(self) -> None:
+        oc = self.config.optim
         # The body model is fixed (smplx's layer registers placeholder parameters: not ours to train).
         trained = [p for name, p in self.model.named_parameters() if not name.startswith("smpl.")]
         self.e_opt = torch.optim.Adam(trained, lr=oc.encoder_lr, weight_decay=oc.encoder_weight_decay)
@@ -187,14 +213,11 @@ class Trainer:
                                       weight_decay=oc.discriminator_weight_decay)
         self.e_sched = StepDecay(self.e_opt, oc.lr_decay_steps, oc.lr_decay_gamma)
         self.d_sched = StepDecay(self.d_opt, oc.lr_decay_steps, oc.lr_decay_gamma)
-        self.prior_generator = torch.Generator().manual_seed(tc.seed * 1000 + self.rank)
-        self.step = 0
-        self.batches_consumed = 0
-        self.skipped_images = 0
-        if checkpoint is not None:
-            self._restore(checkpoint)
+        self.prior_generator = torch.Generator().manual_seed(self.config.train.seed * 1000 + self.rank)
 
-        if tc.compile:
+    def _setup_training_modules(self) -> None:
+        """What the steps call: the models, compiled and wrapped in DDP as the config asks."""
+        if self.config.train.compile:
             self.model.encoder.compile()  # in place: state-dict keys stay the same
         self.train_model, self.train_disc = self.model, self.discriminator
         if self.world > 1:
@@ -206,23 +229,12 @@ class Trainer:
                 self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, ids, broadcast_buffers=False)
             self.train_disc = torch.nn.parallel.DistributedDataParallel(self.discriminator, ids)
 
-        self.loader = make_train_loader(self.train_set, self.batch_size, tc.seed, config.data.num_workers,
-                                        start_batch=self.batches_consumed, rank=self.rank, world_size=self.world,
-                                        pin_memory=self.device.type == "cuda")
-        self.batches = iter(self.loader)
-        if checkpoint is not None:
-            # Last, after everything that might draw random numbers while being built.
-            rng = checkpoint["rng"]
-            if len(rng) == self.world:
-                set_rng_state(rng[self.rank], self.device, self.prior_generator)
-            else:
-                log.warning("checkpoint has RNG states of %d processes, this run has %d: RNG reseeded",
-                            len(rng), self.world)
-        self.is_main = self.rank == 0
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-        self.writer = None
+    def _restore_rng(self, states: list) -> None:
+        if len(states) == self.world:
+            set_rng_state(states[self.rank], self.device, self.prior_generator)
+        else:
+            log.warning("checkpoint has RNG states of %d processes, this run has %d: RNG reseeded",
+                        len(states), self.world)
 
     # -- checkpoints ----------------------------------------------------------------------
     def _init_weights(self, path) -> None:
@@ -413,7 +425,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="data folder the config's relative paths start from")
     parser.add_argument("--out", required=True, help="run folder: checkpoint, metrics, TensorBoard logs")
     parser.add_argument("--steps", type=int, help="total steps (overrides train.steps)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides train.device")
+    parser.add_argument("--device", choices=DEVICES, help="overrides train.device")
     parser.add_argument("--resume", action="store_true", help="continue RUN/last.pt exactly")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=32")
 

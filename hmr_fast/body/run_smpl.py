@@ -12,13 +12,16 @@ import numpy as np
 import torch
 
 from hmr_fast.atomic import atomic_path
+from hmr_fast.devices import DEVICES, resolve_device
+
+from .smpl import SMPL
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default=None, help="SMPL .pkl/.npz or smplx-layout folder (default: the mannequin)")
     parser.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
     parser.add_argument("--backend", default="auto", choices=["auto", "reference", "triton"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--batch", type=int, default=64, help="bodies per forward (timed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="smpl_out", help="output folder for body.obj and joints.npy")
@@ -32,11 +35,9 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
 
 
 def run(args) -> int:
-    from hmr_fast import SMPL
-
     if args.batch < 1:
         raise SystemExit("--batch must be >= 1")
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     layer = SMPL(model_path=args.model, gender=args.gender, backend=args.backend).to(device)
     gen = torch.Generator().manual_seed(args.seed)
     # Small random rotations about the rest pose: a plausible, varied body for a quick look.

@@ -9,9 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import reference
+from hmr_fast import kernels
+from hmr_fast.kernels import reference
+
 from .joint_sets import JOINT_SET_SIZES, joint_set_rows
+from .mannequin import mannequin_path
 from .model_data import NUM_JOINTS, SMPLModelData
+from .model_file import load_model_file, validate_model_data
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -28,14 +32,6 @@ class SMPLOutput:
     body_pose: torch.Tensor
     transl: Optional[torch.Tensor]
     rot_mats: torch.Tensor  # (B, 24, 3, 3) per-joint local rotations
-
-
-def tree_levels(parents) -> tuple:
-    """Joints grouped by depth in the kinematic tree, root first (SMPL has 9 levels)."""
-    depth = [0] * len(parents)
-    for j in range(1, len(parents)):
-        depth[j] = depth[parents[j]] + 1
-    return tuple(tuple(j for j in range(len(parents)) if depth[j] == d) for d in range(max(depth) + 1))
 
 
 class JointSetTensors(nn.Module):
@@ -83,8 +79,8 @@ class SMPL(nn.Module):
         self.num_betas = data.num_betas if num_betas is None else int(num_betas)
         if not 0 < self.num_betas <= data.num_betas:
             raise ValueError(f"num_betas must be in 1..{data.num_betas} for this model, got {num_betas}")
-        self.parents = tuple(int(p) for p in data.parents)
-        self.levels = tree_levels(self.parents)
+        tree = reference.kinematic_tree(data.parents)
+        self.parents, self.levels = tree.parents, tree.levels
         self.faces = data.faces.astype(np.int64)
         self.default_joint_set = joint_set
         self._extra_regressors = data.extra_regressors
@@ -155,11 +151,8 @@ class SMPL(nn.Module):
         self._check_finite(betas=betas, global_orient=global_orient, body_pose=body_pose, transl=transl)
 
         full_pose = torch.cat([global_orient.reshape(B, -1), body_pose.reshape(B, -1)], dim=1)
-        backend = self._resolve_backend(ref.device)
-        if backend == "triton":
-            from hmr_fast.kernels import smpl_forward as triton_forward
-
-            vertices, joints, rot_mats = triton_forward(self, betas, full_pose, transl, pose2rot, return_verts, joint_set)
+        if self._resolve_backend(ref.device) == "triton":
+            vertices, joints, rot_mats = kernels.smpl_forward(self, betas, full_pose, transl, pose2rot, return_verts, joint_set)
         else:
             rot_mats = reference.rodrigues(full_pose.view(B, NUM_JOINTS, 3)) if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3)
             vertices, joints = reference.smpl_forward(self, betas, rot_mats, transl, return_verts, joint_set)
@@ -171,22 +164,45 @@ class SMPL(nn.Module):
             rot_mats=rot_mats,
         )
 
-    def _resolve_backend(self, device) -> str:
-        if self.backend != "auto":
-            if self.backend == "triton":
-                from hmr_fast.kernels import triton_usable
+    def pose_body(self, betas, rot_mats, return_verts: bool = True, joint_set: Optional[str] = None,
+                  backend: Optional[str] = None):
+        """(vertices (B, V, 3) or None, joints (B, J, 3)) from betas (B, NB) and local rotation
+        matrices (B, 24, 3, 3): `forward` without its input checks and output record, for
+        callers whose tensors are right by construction (HMR, inference, export).
 
-                usable, why = triton_usable(device)
-                if not usable:
-                    raise RuntimeError(f"SMPL backend 'triton' is not usable here: {why}")
-            return self.backend
-        if device.type != "cuda":
-            return "reference"
-        try:
-            from hmr_fast.kernels import triton_usable
-        except ImportError:
-            return "reference"
-        return "triton" if triton_usable(device)[0] else "reference"
+        backend: this call's backend instead of the layer's ("reference" is what the ONNX and
+        AOTInductor exports trace: plain torch ops, no Triton).
+        """
+        joint_set = joint_set or self.default_joint_set
+        if (backend or self._resolve_backend(rot_mats.device)) == "triton":
+            vertices, joints, _ = kernels.smpl_forward(self, betas, rot_mats.flatten(1), None, False, return_verts, joint_set)
+            return vertices, joints
+        return reference.smpl_forward(self, betas, rot_mats, None, return_verts, joint_set)
+
+    def joints_projected(self, betas, rot_mats, cam, joint_set: Optional[str] = None):
+        """HMR's training path: (joints (B, J, 3), keypoints (B, J, 2)) from betas (B, NB),
+        local rotation matrices (B, 24, 3, 3) and weak-perspective cameras (B, 3) = (s, tx, ty).
+
+        Only the vertices the joint set reads are posed. The Triton backend runs joints,
+        projection and their backward as one fused op; the reference backend runs its twin.
+        """
+        joint_set = joint_set or self.default_joint_set
+        fused = self._resolve_backend(rot_mats.device) == "triton"
+        op = kernels.smpl_joints_projected if fused else reference.smpl_joints_projected
+        joints, keypoints, _ = op(self, betas, rot_mats.flatten(1), None, cam, False, joint_set)
+        return joints, keypoints
+
+    def _resolve_backend(self, device) -> str:
+        """The one place a backend is chosen: "auto" takes the Triton kernels for CUDA inputs
+        when they are usable there, the reference everywhere else."""
+        if self.backend == "triton":
+            usable, why = kernels.triton_usable(device)
+            if not usable:
+                raise RuntimeError(f"SMPL backend 'triton' is not usable here: {why}")
+            return "triton"
+        if self.backend == "auto" and device.type == "cuda" and kernels.triton_usable(device)[0]:
+            return "triton"
+        return "reference"
 
     def _check_finite(self, **tensors):
         for name, t in tensors.items():
@@ -198,13 +214,9 @@ class SMPL(nn.Module):
 
 
 def _load(model_path, gender) -> SMPLModelData:
-    from .model_file import load_model_file, validate_model_data
-
     if isinstance(model_path, SMPLModelData):
         return validate_model_data(model_path)
     if model_path is None:
-        from .mannequin import mannequin_path
-
         model_path = mannequin_path()
     return load_model_file(model_path, gender=gender)
 

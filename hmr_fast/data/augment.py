@@ -1,27 +1,22 @@
-"""Crop and augmentation: scale, in-plane rotation, left/right flip, colour.
+"""Training's random augmentations: scale, in-plane rotation, left/right flip, colour.
 
-One 2x3 affine matrix takes the source image to the crop; keypoints go through the same
-matrix, so image and labels can never disagree. The flip is part of that matrix (x -> S-1-x
-in crop pixels, i.e. x -> -x in normalised coordinates); what the matrix cannot do, swapping
-left and right labels and mirroring 3D joints and SMPL poses, the flip_* functions do.
-
-Crop coordinates: pixel centres at integers 0..S-1; normalised = (2 p + 1) / S - 1, so the
-crop's outer edges are -1 and 1 and its centre is 0 (HMR's keypoint convention). Camera
-frame for 3D: x right, y down, z forward, the same axes as the image.
+The scale, rotation and flip are part of the crop's one 2x3 affine matrix
+(hmr_fast.camera.crop_matrix); keypoints go through the same matrix, so image and labels can
+never disagree. The flip there is x -> S-1-x in crop pixels (x -> -x in normalised
+coordinates); what the matrix cannot do, swapping left and right labels and mirroring 3D
+joints and SMPL poses, the flip_* functions here do. The colour gains are applied with the
+normalisation (hmr_fast.camera.normalise_images).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from .keypoints import SMPL24_FLIP
+from hmr_fast.camera import rotation_2d
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from .keypoints import SMPL24_FLIP
 
 
 @dataclass(frozen=True)
@@ -48,49 +43,6 @@ def sample_augmentation(rng: np.random.Generator, scale_factor=0.25, rotation_fa
     flip = bool(rng.random() < flip_prob)
     color = tuple(float(g) for g in rng.uniform(1 - color_noise, 1 + color_noise, 3))
     return Augmentation(scale, rotation, flip, color)
-
-
-def rotation_2d(degrees: float) -> np.ndarray:
-    """2x2 rotation in image axes (x right, y down): positive turns the content clockwise."""
-    t = np.deg2rad(degrees)
-    return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-
-
-def crop_matrix(center, box_size: float, img_size: int, rotation: float = 0.0, flip: bool = False) -> np.ndarray:
-    """2x3 affine: source pixels -> crop pixels of a box of box_size around center.
-
-    p_crop = F (S / box) R (p - center) + (S - 1) / 2, with F = diag(-1, 1) when flipping.
-    """
-    A = (img_size / box_size) * rotation_2d(rotation)
-    if flip:
-        A = np.diag([-1.0, 1.0]) @ A
-    half = (img_size - 1) / 2
-    b = half - A @ np.asarray(center, dtype=np.float64)
-    return np.concatenate([A, b[:, None]], axis=1)
-
-
-def crop_image(image: np.ndarray, matrix: np.ndarray, img_size: int) -> np.ndarray:
-    return cv2.warpAffine(image, matrix, (img_size, img_size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-
-
-def to_normalised(points_px: np.ndarray, img_size: int) -> np.ndarray:
-    return (2 * points_px + 1) / img_size - 1
-
-
-def from_normalised(points: np.ndarray, img_size: int) -> np.ndarray:
-    return ((points + 1) * img_size - 1) / 2
-
-
-def transform_keypoints(keypoints: np.ndarray, matrix: np.ndarray, img_size: int) -> np.ndarray:
-    """(J, 3) source pixels + visibility -> (J, 3) normalised crop coordinates + visibility.
-
-    Only positions move; left/right labels are swapped separately (`flip_keypoints`).
-    """
-    out = keypoints.astype(np.float64).copy()
-    out[:, :2] = to_normalised(keypoints[:, :2] @ matrix[:, :2].T + matrix[:, 2], img_size)
-    out[:, :2] *= out[:, 2:3] > 0  # invisible keypoints carry no position
-    return out
 
 
 def flip_keypoints(keypoints: np.ndarray, flip_perm) -> np.ndarray:
@@ -141,32 +93,3 @@ def augment_labels(aug: Augmentation, joints3d=None, pose=None, flip_perm=None):
         pose = rotate_global_orient(pose, aug.rotation) if aug.rotation else pose
         pose = flip_pose(pose) if aug.flip else pose
     return joints3d, pose
-
-
-def normalise_image(rgb: np.ndarray) -> np.ndarray:
-    """(S, S, 3) uint8 RGB -> (3, S, S) float32 with ImageNet's mean and std (torchvision's)."""
-    x = (rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def normalise_images(images, gains=None):
-    """A batch of uint8 crops (B, 3, S, S) -> float32 normalised with ImageNet's statistics,
-    on the images' device; gains (B, 3) are the colour augmentation's per-channel factors
-    (the result clipped to 255 before normalising, as SPIN does). Datasets return uint8 so
-    the workers and the host-to-device copy move a quarter of the bytes; this runs on the GPU.
-    """
-    x = images.float()
-    if gains is not None:
-        x = (x * gains.to(x.device, x.dtype)[:, :, None, None]).clamp_(max=255.0)
-    mean, std = _imagenet_stats(x.device)
-    return (x - mean) / std
-
-
-@functools.lru_cache(maxsize=None)
-def _imagenet_stats(device):
-    """ImageNet's mean and std (3, 1, 1) in 0..255 units on `device`, made once per device:
-    a tensor from host memory is a blocking copy, too slow for the video loop."""
-    import torch
-
-    return (torch.as_tensor(IMAGENET_MEAN, device=device)[:, None, None] * 255.0,
-            torch.as_tensor(IMAGENET_STD, device=device)[:, None, None] * 255.0)

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from hmr_fast import camera
+
 from . import augment as aug_lib
 from .keypoints import HMR19_FLIP, NUM_HMR
 
@@ -108,9 +110,9 @@ class PersonCropDataset(Dataset):
     def make_sample(self, record: CropRecord, image: np.ndarray, key, index: int, skipped: int) -> dict:
         aug = self.augmentation(key)
         S = self.img_size
-        matrix = aug_lib.crop_matrix(record.center, record.box_size * aug.scale, S, aug.rotation, aug.flip)
-        crop = aug_lib.crop_image(image, matrix, S)
-        keypoints = aug_lib.transform_keypoints(record.keypoints, matrix, S)
+        matrix = camera.crop_matrix(record.center, record.box_size * aug.scale, S, aug.rotation, aug.flip)
+        crop = camera.crop_image(image, matrix, S)
+        keypoints = camera.transform_keypoints(record.keypoints, matrix, S)
         if aug.flip:  # the matrix mirrored the positions; the labels trade sides
             keypoints = keypoints[list(HMR19_FLIP)]
         has_3d = record.joints3d is not None

@@ -1,6 +1,6 @@
 """Keypoint orders of the formats users bring, and how each maps to HMR's 19 keypoints.
 
-HMR's 19 (DESIGN.md; `hmr_fast.body.joint_sets.HMR19_NAMES`): LSP's 14 (R ankle, R knee,
+HMR's 19 (`hmr_fast.body.joint_sets.HMR19_NAMES`): LSP's 14 (R ankle, R knee,
 R hip, L hip, L knee, L ankle, R wrist, R elbow, R shoulder, L shoulder, L elbow, L wrist,
 neck, head top), then nose, L eye, R eye, L ear, R ear.
 
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from hmr_fast.body.joint_sets import HMR19_NAMES
+from hmr_fast.body.joint_sets import HMR19_NAMES, JOINT_SET_SIZES
 from hmr_fast.body.model_data import SMPL_JOINT_NAMES
 
 NUM_HMR = len(HMR19_NAMES)  # 19
-NUM_LSP = 14  # the LSP joints at the front of HMR's 19: the 3D losses and metrics use them
+NUM_LSP = JOINT_SET_SIZES["lsp14"]  # the LSP joints at the front of HMR's 19: the 3D losses and metrics use them
 
 SPIN24_NAMES = (
     "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",

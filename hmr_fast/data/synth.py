@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from hmr_fast.body import SMPL
 from hmr_fast.render import render_mesh
 
 from .keypoints import hmr19_to_spin24
@@ -140,8 +141,6 @@ def project(points: np.ndarray, focal: float, img_size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 class SynthRenderer:
     def __init__(self, img_size: int = 224, smpl_model=None):
-        from hmr_fast.body import SMPL
-
         self.img_size = img_size
         self.smpl = SMPL(smpl_model, joint_set="hmr19")
         self.faces = self.smpl.faces

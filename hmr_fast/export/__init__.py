@@ -1,25 +1,10 @@
 """Export a checkpoint to ONNX, TensorRT (with the SMPL Triton kernels as plugins) or AOTInductor.
 
-Functions import their heavy dependencies (onnx, tensorrt, triton) only when called.
+The modules import their optional dependencies (onnx, tensorrt, triton) only when a
+function needs them.
 """
-
-
-def export_onnx(*args, **kwargs):
-    from .onnx import export_onnx as impl
-
-    return impl(*args, **kwargs)
-
-
-def export_tensorrt(*args, **kwargs):
-    from .tensorrt import build_engine
-
-    return build_engine(*args, **kwargs)
-
-
-def export_aoti(*args, **kwargs):
-    from .aoti import export_aoti as impl
-
-    return impl(*args, **kwargs)
-
+from .aoti import export_aoti
+from .onnx import export_onnx
+from .tensorrt import build_engine as export_tensorrt
 
 __all__ = ["export_onnx", "export_tensorrt", "export_aoti"]

@@ -9,7 +9,8 @@ The exported graph is `InferenceModel` with the body model's plain-torch math: t
 SMPL ops are registered by hmr_fast at import time, and a package that called them could
 not run without hmr_fast; Inductor instead generates its own fused kernels for the same
 math (Triton on CUDA, C++ on the CPU). The batch is dynamic in 1..max_batch. The metadata
-(img_size, joint_set, body model) is stored inside the package under "hmr_fast".
+(img_size, joint_set, body model) is stored inside the package under "hmr_fast"
+(hmr_fast.model.artefact); the "aoti" inference backend reads it.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from pathlib import Path
 import torch
 
 from hmr_fast.atomic import atomic_path
-from hmr_fast.infer.backends import InferenceModel, export_metadata, load_hmr
-
-METADATA_KEY = "hmr_fast"
+from hmr_fast.devices import DTYPES, resolve_device
+from hmr_fast.model import InferenceModel, load_checkpoint
+from hmr_fast.model.artefact import METADATA_KEY, export_metadata
 
 
 def package_module(module: torch.nn.Module, example: torch.Tensor, out_path, metadata: dict,
@@ -46,33 +47,14 @@ def package_module(module: torch.nn.Module, example: torch.Tensor, out_path, met
 
 def export_aoti(checkpoint, out_path, device="cpu", max_batch: int = 64, precision: str = "fp32") -> Path:
     """Compile a checkpoint's inference graph (see the module docstring) into a .pt2 package."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device here")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
+    device = resolve_device(device)
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
     if precision != "fp32" and device.type != "cuda":
         raise ValueError(f"precision {precision!r} is for CUDA packages; CPU packages are fp32")
-    hmr, config = load_hmr(checkpoint, device)
-    model = InferenceModel(hmr, dtypes[precision], "reference", with_vertices=True).eval()
+    hmr, config = load_checkpoint(checkpoint, map_location=device)
+    model = InferenceModel(hmr, DTYPES[precision], "reference", with_vertices=True).eval()
     size = int(hmr.img_size)
     example = torch.randn(2, 3, size, size, device=device)
     metadata = dict(export_metadata(config), precision=precision, device=device.type)
     return package_module(model, example, out_path, metadata, max_batch)
-
-
-def load_package(path, device=None):
-    """(runner, metadata) of a package written by `export_aoti`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"AOTInductor package {path} not found")
-    runner = torch._inductor.aoti_load_package(str(path))
-    meta = runner.get_metadata() if hasattr(runner, "get_metadata") else {}
-    if METADATA_KEY not in meta:
-        raise ValueError(f"{path} has no hmr_fast metadata (not written by `hmr-fast export --format aoti`)")
-    info = json.loads(meta[METADATA_KEY])
-    if device is not None and torch.device(device).type != info.get("device", "cpu"):
-        raise ValueError(f"{path} was compiled for {info.get('device')!r}, not {torch.device(device).type!r}: "
-                         "export it again with --device")
-    return runner, info

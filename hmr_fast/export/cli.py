@@ -5,8 +5,17 @@ import json
 import sys
 from pathlib import Path
 
+from hmr_fast.devices import DEVICES, resolve_device
+from hmr_fast.model.artefact import SUFFIXES as BACKEND_SUFFIXES
+
+from .aoti import export_aoti
+from .onnx import export_onnx, verify_onnx
+from .tensorrt import build_engine
+
 FORMATS = ("onnx", "tensorrt", "aoti")
-SUFFIXES = {"onnx": (".onnx",), "tensorrt": (".engine", ".plan", ".trt"), "aoti": (".pt2",)}
+# the file suffixes of each format: those the backend that runs it recognises
+SUFFIXES = {"onnx": BACKEND_SUFFIXES["onnxruntime"], "tensorrt": BACKEND_SUFFIXES["tensorrt"],
+            "aoti": BACKEND_SUFFIXES["aoti"]}
 
 
 def add_arguments(parser) -> None:
@@ -22,7 +31,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timing-cache", help="tensorrt: timing cache file (default OUT.timing.cache)")
     parser.add_argument("--no-plugins", action="store_true",
                         help="tensorrt: build the plain ONNX SMPL graph, not the Triton-kernel plugins")
-    parser.add_argument("--device", default=None, help="aoti: cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="aoti: where the package runs (default: cuda when available)")
     parser.add_argument("--verify", action="store_true",
                         help="onnx: compare onnxruntime with torch (1e-4) after export")
     parser.add_argument("--verbose", action="store_true", help="tensorrt: the builder's verbose log")
@@ -36,8 +46,6 @@ def run(args) -> int:
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"hmr-fast export: --checkpoint {args.checkpoint} not found")
     if args.format == "onnx":
-        from .onnx import export_onnx, verify_onnx
-
         path = export_onnx(args.checkpoint, out, args.opset, precision=args.precision or "fp32")
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         if args.verify:
@@ -45,8 +53,6 @@ def run(args) -> int:
             print("onnxruntime vs torch, max abs difference: " + json.dumps({k: f"{v:.2e}" for k, v in worst.items()}))
         return 0
     if args.format == "tensorrt":
-        from .tensorrt import build_engine
-
         try:
             meta = build_engine(args.checkpoint, out, args.precision or "fp16", args.max_batch, args.opt_batch,
                                 args.timing_cache, plugins=not args.no_plugins, verbose=args.verbose)
@@ -55,10 +61,7 @@ def run(args) -> int:
             return 2
         print(f"wrote {out} ({meta['precision']}, batch 1..{meta['max_batch']}, SMPL: {meta['build']['smpl_graph']})")
         return 0
-    from .aoti import export_aoti
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     path = export_aoti(args.checkpoint, out, device, args.max_batch, args.precision or "fp32")
     print(f"wrote {path} ({device}; load with torch._inductor.aoti_load_package, no hmr_fast needed)")
     return 0

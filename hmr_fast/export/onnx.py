@@ -21,10 +21,14 @@ import numpy as np
 import torch
 
 from hmr_fast.atomic import atomic_path
-from hmr_fast.infer.backends import OUTPUT_NAMES, InferenceModel, export_metadata, load_hmr
+from hmr_fast.devices import DTYPES
+from hmr_fast.model import OUTPUT_NAMES, InferenceModel, load_checkpoint
+from hmr_fast.model.artefact import METADATA_KEY, export_metadata, parse_metadata
+
+from .trt_plugins import PLUGIN_DOMAIN, PluginInferenceModel
 
 DEFAULT_OPSET = 17
-METADATA_KEY = "hmr_fast"
+ONNX_PRECISIONS = ("fp16", "fp32")
 
 
 def _need_onnx():
@@ -68,18 +72,15 @@ def export_onnx(checkpoint, out_path, opset: int = DEFAULT_OPSET, smpl_graph: st
     """
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset must be >= {DEFAULT_OPSET}, got {opset}")
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
-    hmr, config = load_hmr(checkpoint, "cpu")
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"precision must be one of {list(ONNX_PRECISIONS)}, got {precision!r}")
+    hmr, config = load_checkpoint(checkpoint)
     metadata = dict(export_metadata(config), precision=precision, smpl_graph=smpl_graph)
     if smpl_graph == "plain":
-        model = InferenceModel(hmr, dtypes[precision], "reference", with_vertices=True).eval()
+        model = InferenceModel(hmr, DTYPES[precision], "reference", with_vertices=True).eval()
         custom = None
     elif smpl_graph == "plugins":
-        from .trt_plugins import PLUGIN_DOMAIN, PluginInferenceModel
-
-        model = PluginInferenceModel(hmr, batch_hint, dtypes[precision]).eval()
+        model = PluginInferenceModel(hmr, batch_hint, DTYPES[precision]).eval()
         custom = {PLUGIN_DOMAIN: 1}
     else:
         raise ValueError(f"smpl_graph must be 'plain' or 'plugins', got {smpl_graph!r}")
@@ -91,7 +92,7 @@ def read_metadata(path) -> dict:
     proto = onnx.load(str(path), load_external_data=False)
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
+            return parse_metadata(entry.value, path)
     raise ValueError(f"{path} has no hmr_fast metadata (not written by `hmr-fast export`)")
 
 
@@ -101,7 +102,7 @@ def verify_onnx(onnx_path, checkpoint, batch_sizes=(1, 3), atol: float = 1e-4, s
     exceeds atol. Torch runs the checkpoint itself (reference SMPL, float32, CPU)."""
     import onnxruntime as ort
 
-    hmr, _ = load_hmr(checkpoint, "cpu")
+    hmr, _ = load_checkpoint(checkpoint)
     model = InferenceModel(hmr, torch.float32, "reference", with_vertices=True).eval()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     size = int(hmr.img_size)

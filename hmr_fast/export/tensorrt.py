@@ -17,7 +17,7 @@ Build steps (`build_engine`):
    written back, so rebuilding is fast.
 4. The serialized engine is written atomically, with OUT.json (img_size, joint set, body
    model, precision, which SMPL graph was built) beside it.
-`EngineRunner` runs an engine on torch CUDA tensors (no pycuda): Predictor's "tensorrt" backend.
+Running an engine: hmr_fast.infer.tensorrt_engine (Predictor's "tensorrt" backend).
 
 Without a GPU, `build_from_onnx` still runs with TensorRT-RTX (`pip install tensorrt-rtx-cu12`,
 real PyPI wheels): its builder compiles ahead of time for a named compute capability
@@ -27,33 +27,18 @@ TensorRT-RTX's wheel lacks tensorrt.plugin, so the plugin graph waits for a GPU 
 """
 from __future__ import annotations
 
-import json
-import logging
 import warnings
 from pathlib import Path
 
 import torch
 
 from hmr_fast.atomic import atomic_path
+from hmr_fast.infer.tensorrt_engine import require_tensorrt
+from hmr_fast.model.artefact import export_metadata, write_sidecar
+from hmr_fast.model.checkpoint import load_checkpoint
 
-log = logging.getLogger("hmr_fast.tensorrt")
-
-INSTALL_HINT = ("TensorRT is not installed. Install it from NVIDIA's index, e.g. "
-                "`pip install tensorrt-cu12` (or `pip install 'hmr_fast[trt]'`; the PyPI package downloads the "
-                "real wheels from pypi.nvidia.com), on a machine with an NVIDIA GPU and driver. "
-                "Without TensorRT use --format onnx (onnxruntime) or --format aoti.")
-
-
-def require_tensorrt():
-    """The tensorrt module, or ImportError with the install hint."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-    if not hasattr(trt, "Builder"):  # the PyPI placeholder package that failed to fetch the real one
-        raise ImportError(INSTALL_HINT)
-    return trt
-
+from .onnx import export_onnx
+from .trt_plugins import register_plugins
 
 def _logger(trt, verbose: bool = False):
     return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
@@ -150,10 +135,6 @@ def build_from_onnx(onnx_path, engine_path, precision: str, max_batch: int, opt_
 def build_engine(checkpoint, engine_path, precision: str = "fp16", max_batch: int = 64, opt_batch: int = 8,
                  timing_cache=None, plugins: bool = True, workspace_gb: float = 4.0, verbose: bool = False) -> dict:
     """The full export (see the module docstring); returns what was built."""
-    from hmr_fast.infer.backends import export_metadata, load_hmr, write_sidecar
-
-    from .onnx import export_onnx
-
     require_tensorrt()
     if not torch.cuda.is_available():
         raise RuntimeError("building a TensorRT engine needs an NVIDIA GPU; none is visible to torch here")
@@ -164,14 +145,12 @@ def build_engine(checkpoint, engine_path, precision: str = "fp16", max_batch: in
     engine_path = Path(engine_path)
     stem = engine_path.with_suffix("")
     timing_cache = timing_cache or f"{stem}.timing.cache"
-    _hmr, config = load_hmr(checkpoint, "cpu")
+    _hmr, config = load_checkpoint(checkpoint)
     img_size = int(config["model"]["img_size"])
     plain = export_onnx(checkpoint, f"{stem}.onnx", precision=precision)
     built, reason = None, None
     if plugins:
         try:
-            from .trt_plugins import register_plugins
-
             register_plugins()
             graph = export_onnx(checkpoint, f"{stem}.plugins.onnx", smpl_graph="plugins", precision=precision,
                                 batch_hint=opt_batch)
@@ -192,75 +171,3 @@ def build_engine(checkpoint, engine_path, precision: str = "fp16", max_batch: in
                 build=built)
     write_sidecar(engine_path, meta)
     return meta
-
-
-def _torch_dtype(trt, dtype):
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
-    if hasattr(trt, "bfloat16"):
-        table[trt.bfloat16] = torch.bfloat16
-    if dtype not in table:
-        raise TypeError(f"unsupported TensorRT tensor type {dtype}")
-    return table[dtype]
-
-
-class EngineRunner:
-    """Runs a serialized engine on torch CUDA tensors: runner(images) -> {output name: tensor}.
-
-    Output buffers are allocated per call with torch (so they stay valid after the next
-    call); the engine runs on torch's current CUDA stream.
-    """
-
-    def __init__(self, engine_path, device="cuda", verbose: bool = False):
-        trt = require_tensorrt()
-        self.trt = trt
-        engine_path = Path(engine_path)
-        if not engine_path.is_file():
-            raise FileNotFoundError(f"TensorRT engine {engine_path} not found")
-        self.device = torch.device(device)
-        try:  # engines built with JIT plugins need them registered; AOT plugins live in the engine
-            from .trt_plugins import register_plugins
-
-            register_plugins()
-        except ImportError:
-            pass
-        with torch.cuda.device(self.device):
-            self.runtime = trt.Runtime(_logger(trt, verbose))
-            self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
-            if self.engine is None:
-                raise RuntimeError(f"TensorRT could not load {engine_path} (built by another TensorRT version or "
-                                   "for another GPU? rebuild it with `hmr-fast export --format tensorrt`)")
-            self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-        if self.inputs != ["images"]:
-            raise ValueError(f"{engine_path}: expected one input 'images', found {self.inputs}")
-        _min, _opt, max_shape = self.engine.get_tensor_profile_shape("images", 0)
-        self.max_batch = int(max_shape[0])
-
-    def __call__(self, images: torch.Tensor) -> dict:
-        if images.device != self.device:
-            raise ValueError(f"images are on {images.device}, the engine on {self.device}")
-        B = images.shape[0]
-        if not 1 <= B <= self.max_batch:
-            raise ValueError(f"batch {B} is outside this engine's profile 1..{self.max_batch}")
-        ctx = self.context
-        images = images.contiguous().to(_torch_dtype(self.trt, self.engine.get_tensor_dtype("images")))
-        ctx.set_input_shape("images", tuple(images.shape))
-        ctx.set_tensor_address("images", images.data_ptr())
-        out = {}
-        for name in self.outputs:
-            shape = tuple(ctx.get_tensor_shape(name))
-            out[name] = torch.empty(shape, dtype=_torch_dtype(self.trt, self.engine.get_tensor_dtype(name)),
-                                    device=self.device)
-            ctx.set_tensor_address(name, out[name].data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        return out
-
-
-def engine_info(engine_path) -> dict:
-    """The sidecar metadata of an engine (what was built, from which graph)."""
-    sidecar = Path(str(engine_path) + ".json")
-    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}

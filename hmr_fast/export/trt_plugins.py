@@ -28,48 +28,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from hmr_fast.body import reference
+from hmr_fast.body import SMPL
+from hmr_fast.infer.tensorrt_engine import require_tensorrt
+from hmr_fast.kernels import reference
 
 PLUGIN_DOMAIN = "trt.plugins"
 PLUGIN_NAMESPACE = "hmr_fast"
-PLUGIN_OPS = ("pose_chain", "blend_skin", "regress_project")
 _NUM_OUTPUTS = {"pose_chain": 4, "blend_skin": 1, "regress_project": 2}
 
 
-# ---------------------------------------------------------------------------------------
-# What each plugin computes, in plain torch on the plugin's own inputs (the export-time
-# stand-in, and the CPU check of a plugin graph's wiring)
-# ---------------------------------------------------------------------------------------
+# What each plugin computes: its op's plain-torch twin (hmr_fast.kernels.reference) on the
+# plugin's own inputs. The export-time stand-in, and the CPU check of a plugin graph's wiring.
 def pose_chain_reference(pose, betas, jt, jsd, parents, depth, *, num_betas, num_joints, num_levels, c_pad):
-    B = pose.shape[0]
-    rot = pose.reshape(B, num_joints, 3, 3)
-    feats = reference.pose_features(rot)
-    coeffs = torch.cat([betas, feats, betas.new_zeros(B, c_pad - num_betas - feats.shape[1])], dim=1)
-    joints_rest = reference.rest_joints(betas, jt, jsd)
-    par = [int(p) for p in parents.tolist()]
-    dep = [int(d) for d in depth.tolist()]
-    levels = tuple(tuple(j for j in range(num_joints) if dep[j] == d) for d in range(num_levels))
-    global_rot, posed = reference.kinematic_chain(rot, joints_rest, par, levels)
-    transforms = reference.skinning_transforms(global_rot, posed, joints_rest)
-    return rot, coeffs, posed, transforms
+    return reference.pose_chain(pose, betas, jt, jsd, parents, depth, None, num_levels, False, c_pad)
 
 
 def blend_skin_reference(coeffs, transforms, tmpl, dirs, sidx, sw, chunk_list, chunk_count, *, num_vertices,
                          **_sizes):
-    """Dense: the chunk lists only let the kernel skip all-zero tiles of `dirs`."""
-    B = coeffs.shape[0]
-    v_posed = tmpl[None] + torch.einsum("bc,dcn->bdn", coeffs, dirs)  # (B, 3, N_PAD)
-    T = transforms.reshape(B, transforms.shape[1], 3, 4)
-    blended = (sw[None, :, :, None, None] * T[:, sidx.long()]).sum(2)  # (B, N_PAD, 3, 4)
-    v = (blended[..., :3] @ v_posed.transpose(1, 2)[..., None]).squeeze(-1) + blended[..., 3]
-    return v[:, :num_vertices]
+    return reference.blend_skin(coeffs, transforms, None, tmpl, dirs, sidx, sw, None, chunk_list, chunk_count, None,
+                                num_vertices, False, "ieee")
 
 
-def regress_project_reference(verts, support, regT, selT, rowsum, posed, cam, *, num_joints, jp, **_sizes):
-    posed_pad = torch.cat([posed, posed.new_zeros(posed.shape[0], jp - posed.shape[1], 3)], dim=1)
-    joints = (torch.einsum("bsd,so->bod", verts[:, support.long()], regT)
-              + torch.einsum("bjd,jo->bod", posed_pad, selT))[:, :num_joints]
-    return joints, reference.project_weak_perspective(joints, cam)
+def regress_project_reference(verts, support, regT, selT, rowsum, posed, cam, *, num_joints, **_sizes):
+    return reference.regress_project(verts, support, regT, selT, rowsum, posed, None, cam, num_joints, False)
 
 
 REFERENCES = {"pose_chain": pose_chain_reference, "blend_skin": blend_skin_reference,
@@ -291,8 +272,6 @@ def _jit_launch(spec, inputs, outputs, stream) -> None:
 def register_plugins() -> bool:
     """Declare the three plugins to TensorRT (once per process). Needs tensorrt >= 10.8
     (tensorrt.plugin with aot_impl) and triton; raises ImportError naming what is missing."""
-    from .tensorrt import require_tensorrt
-
     trt = require_tensorrt()
     try:
         import tensorrt.plugin as trtp
@@ -389,8 +368,6 @@ def register_plugins() -> bool:
 def write_plugin_ptx(out_dir, capability: int = 90, batch_hint: int = 1, smpl=None, joint_set: str = "hmr19") -> dict:
     """Compile the three adapters for sm_<capability> and write NAME.ptx files (for inspection
     and for `ptxas`); returns {op: path}. No GPU needed."""
-    from hmr_fast.body import SMPL
-
     from .trt_kernels import compile_ptx
 
     smpl = smpl if smpl is not None else SMPL(joint_set=joint_set)

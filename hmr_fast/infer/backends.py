@@ -2,114 +2,28 @@
 and AOTInductor packages.
 
 Every backend maps normalised crops (B, 3, S, S) float32 on its device to the same named
-outputs (OUTPUT_NAMES), as torch tensors on that device:
+outputs (hmr_fast.model.OUTPUT_NAMES), as torch tensors on that device:
     rot_mats (B, 24, 3, 3)  betas (B, 10)  cam (B, 3)  joints3d (B, J, 3)
     keypoints2d (B, J, 2) normalised crop coordinates  vertices (B, V, 3) (or None)
 and carries the few facts the Predictor needs: img_size, joint_set, smpl_model, device.
-`InferenceModel` is the graph all of them run (exported ones run a frozen copy of it).
+All of them run `hmr_fast.model.InferenceModel` (exported ones a frozen copy of it); what an
+exported file carries besides its weights is hmr_fast.model.artefact's.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import nn
 
-from hmr_fast.atomic import atomic_path
-from hmr_fast.body import reference
+from hmr_fast.devices import DTYPES, resolve_device, resolve_precision
+from hmr_fast.model import OUTPUT_NAMES, InferenceModel, load_checkpoint
+from hmr_fast.model.artefact import METADATA_KEY, backend_for_path, parse_metadata, read_sidecar
 
-OUTPUT_NAMES = ("rot_mats", "betas", "cam", "joints3d", "keypoints2d", "vertices")
+from .tensorrt_engine import EngineRunner
+
 BACKENDS = ("auto", "torch", "compiled", "onnxruntime", "tensorrt", "aoti")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-EXPORT_FORMAT = "hmr_fast.export/1"
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class InferenceModel(nn.Module):
-    """HMR for inference: encoder -> IEF (all iterations, last kept) -> one SMPL forward
-    with vertices and the joint set -> weak-perspective keypoints.
-
-    HMR.forward poses the body twice when vertices are wanted (joints-only for the losses,
-    then the mesh); here one forward gives both. `dtype` is the encoder + regressor's
-    compute type; the body model always runs in float32 (its sums need the mantissa).
-    smpl_impl: "layer" calls the SMPL module (the fused Triton kernels on CUDA),
-    "reference" calls the plain-torch math directly (what ONNX and AOTInductor export).
-    """
-
-    def __init__(self, hmr, dtype: torch.dtype = torch.float32, smpl_impl: str = "layer",
-                 with_vertices: bool = True):
-        super().__init__()
-        if smpl_impl not in ("layer", "reference"):
-            raise ValueError(f"smpl_impl must be 'layer' or 'reference', got {smpl_impl!r}")
-        self.encoder = hmr.encoder.to(dtype)
-        self.regressor = hmr.regressor.to(dtype)
-        self.smpl = hmr.smpl
-        self.joint_set = hmr.joint_set
-        self.img_size = hmr.img_size
-        self.dtype = dtype
-        self.smpl_impl = smpl_impl
-        self.with_vertices = with_vertices
-
-    def forward(self, images: torch.Tensor):
-        theta = self.regressor(self.encoder(images.to(self.dtype)))[-1]
-        cam, rot_mats, betas = self.regressor.split(theta.float())
-        if self.smpl_impl == "reference":
-            vertices, joints = reference.smpl_forward(self.smpl, betas, rot_mats, None, self.with_vertices,
-                                                      self.joint_set)
-        else:
-            out = self.smpl(betas=betas, global_orient=rot_mats[:, :1], body_pose=rot_mats[:, 1:], pose2rot=False,
-                            return_verts=self.with_vertices, joint_set=self.joint_set)
-            vertices, joints = out.vertices, out.joints
-        keypoints = reference.project_weak_perspective(joints, cam)
-        return rot_mats, betas, cam, joints, keypoints, vertices
-
-
-def load_hmr(checkpoint, device="cpu"):
-    """(HMR in eval mode, its config dict) from an hmr_fast checkpoint."""
-    from hmr_fast.model import load_checkpoint
-
-    return load_checkpoint(checkpoint, map_location=torch.device(device))
-
-
-def export_metadata(config: dict) -> dict:
-    """What an exported graph needs besides its weights: the crop size, joint set, body model."""
-    model = config["model"]
-    return {"format": EXPORT_FORMAT, "img_size": int(model["img_size"]), "joint_set": model["joint_set"],
-            "smpl_model": model.get("smpl_model"), "backbone": model["backbone"],
-            "output_names": list(OUTPUT_NAMES), "config": config}
-
-
-def write_sidecar(path, metadata: dict) -> Path:
-    """PATH.json beside an engine or package (TensorRT engines carry no metadata of their own)."""
-    sidecar = Path(str(path) + ".json")
-    with atomic_path(sidecar) as tmp:
-        tmp.write_text(json.dumps(metadata, indent=1) + "\n")
-    return sidecar
-
-
-def read_sidecar(path) -> dict:
-    sidecar = Path(str(path) + ".json")
-    if not sidecar.is_file():
-        raise FileNotFoundError(f"{sidecar} not found: `hmr-fast export` writes it beside {path} "
-                                "(img_size, joint_set, body model); keep the two together")
-    meta = json.loads(sidecar.read_text())
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{sidecar} is not hmr_fast export metadata (format {EXPORT_FORMAT!r} expected)")
-    return meta
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA device (CPU convolutions in fp16 are not supported); "
-                         "use 'fp32' or 'bf16'")
-    return precision
 
 
 class Backend:
@@ -121,7 +35,6 @@ class Backend:
     smpl_model: Optional[str] = None
     device: torch.device = torch.device("cpu")
     max_batch: Optional[int] = None  # None: any batch size
-    returns_vertices = True
 
     def run(self, images: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -139,13 +52,12 @@ class TorchBackend(Backend):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         if hmr is None:
-            hmr, config = load_hmr(checkpoint, self.device)
+            hmr, config = load_checkpoint(checkpoint, map_location=self.device)
         self.config = config
         self.img_size = int(hmr.img_size)
         self.joint_set = hmr.joint_set
         self.smpl_model = config["model"].get("smpl_model")
-        self.returns_vertices = with_vertices
-        self.model = InferenceModel(hmr, _DTYPES[self.precision], "layer", with_vertices).eval()
+        self.model = InferenceModel(hmr, DTYPES[self.precision], None, with_vertices).eval()
         if self.device.type == "cuda":
             self.model.encoder.to(memory_format=torch.channels_last)
         self.faces = hmr.smpl.faces
@@ -191,7 +103,7 @@ class CompiledBackend(TorchBackend):
 
     def _prepare_kernels(self):
         """The Triton SMPL ops cache a re-laid copy of the body model on first use; that must
-        exist before tracing (kernels/smpl_forward.py), so run one eager batch now."""
+        exist before tracing (hmr_fast.kernels.prepare), so run one eager batch now."""
         with torch.inference_mode():
             self.model(torch.zeros(1, 3, self.img_size, self.img_size, device=self.device))
 
@@ -246,9 +158,9 @@ class OnnxRuntimeBackend(Backend):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("hmr_fast") is None:
+        if meta.get(METADATA_KEY) is None:
             raise ValueError(f"{path} has no hmr_fast metadata: export it with `hmr-fast export --format onnx`")
-        info = json.loads(meta["hmr_fast"])
+        info = parse_metadata(meta[METADATA_KEY], path)
         self.img_size = int(info["img_size"])
         self.joint_set = info["joint_set"]
         self.smpl_model = info.get("smpl_model")
@@ -267,8 +179,6 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path, device="cuda"):
-        from hmr_fast.export.tensorrt import EngineRunner
-
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"backend 'tensorrt' runs on a CUDA device, got {self.device}")
@@ -290,8 +200,6 @@ class AOTIBackend(Backend):
     name = "aoti"
 
     def __init__(self, path, device="cpu"):
-        from hmr_fast.export.aoti import load_package
-
         self.device = torch.device(device)
         self.module, meta = load_package(path, self.device)
         self.img_size = int(meta["img_size"])
@@ -304,11 +212,20 @@ class AOTIBackend(Backend):
         return self._named(self.module(images.float().contiguous()))
 
 
-def backend_for_path(path) -> str:
-    """The backend a file's type implies: .onnx, .engine/.plan, .pt2, else a checkpoint."""
-    suffix = Path(str(path)).suffix.lower()
-    return {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
-            ".pt2": "aoti"}.get(suffix, "checkpoint")
+def load_package(path, device=None):
+    """(runner, metadata) of an AOTInductor package written by `hmr-fast export --format aoti`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"AOTInductor package {path} not found")
+    runner = torch._inductor.aoti_load_package(str(path))
+    meta = runner.get_metadata() if hasattr(runner, "get_metadata") else {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path} has no hmr_fast metadata (not written by `hmr-fast export --format aoti`)")
+    info = parse_metadata(meta[METADATA_KEY], path)
+    if device is not None and torch.device(device).type != info.get("device", "cpu"):
+        raise ValueError(f"{path} was compiled for {info.get('device')!r}, not {torch.device(device).type!r}: "
+                         "export it again with --device")
+    return runner, info
 
 
 def make_backend(checkpoint, backend: str = "auto", device=None, precision: str = "auto",
@@ -317,17 +234,11 @@ def make_backend(checkpoint, backend: str = "auto", device=None, precision: str 
     threads: onnxruntime's CPU threads (torch's are process-wide: torch.set_num_threads)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} was asked for, but torch sees no CUDA device here")
+    device = resolve_device(device)
     kind = backend_for_path(checkpoint)
     if backend == "auto":
-        backend = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "aoti": "aoti"}.get(
-            kind, "compiled" if device.type == "cuda" else "torch")
-    file_backends = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "aoti": "aoti"}
-    if backend in file_backends.values() and kind != backend:
+        backend = kind if kind != "checkpoint" else ("compiled" if device.type == "cuda" else "torch")
+    if backend not in ("torch", "compiled") and kind != backend:
         raise ValueError(f"backend {backend!r} needs its exported file (run `hmr-fast export` first); "
                          f"got {checkpoint}")
     if backend in ("torch", "compiled") and kind != "checkpoint":

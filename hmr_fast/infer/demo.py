@@ -20,14 +20,21 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
+from hmr_fast import metrics
+from hmr_fast.body import SMPL
+from hmr_fast.data.keypoints import NUM_LSP
+from hmr_fast.data.pose_sampler import CENTRE_LIMITS, SIDE_LIMITS, SIDES, clip_to_limits, parameters_to_rotmats
+from hmr_fast.data.synth import BodyPalette, random_background
+from hmr_fast.render import render_mesh
+
+from .video import VideoConfig, run_video
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_resnet18.pt"
 
 
 def walk_cycle(num_frames: int, fps: float) -> np.ndarray:
     """Local rotations (T, 24, 3, 3) of a walk in place, about one stride per second."""
-    from hmr_fast.data.pose_sampler import CENTRE_LIMITS, SIDE_LIMITS, SIDES, clip_to_limits, parameters_to_rotmats
-
     t = np.arange(num_frames) / fps
     phase = 2 * np.pi * 0.9 * t
     p = {f"{s}.{k}": np.zeros(num_frames) for s in SIDES for k in SIDE_LIMITS}
@@ -49,10 +56,6 @@ def walk_cycle(num_frames: int, fps: float) -> np.ndarray:
 def render_clip(out_dir: Path, num_frames: int = 90, width: int = 320, height: int = 240, fps: float = 30.0,
                 seed: int = 0) -> dict:
     """Write DIR/clip.mp4 and DIR/clip_gt.npz (see the module docstring); returns the ground truth."""
-    from hmr_fast.body import SMPL
-    from hmr_fast.data.synth import BodyPalette, random_background
-    from hmr_fast.render import render_mesh
-
     if width < 64 or height < 64:
         raise ValueError(f"--size must be at least 64x64, got {width}x{height}")
     rng = np.random.default_rng(seed)
@@ -106,20 +109,17 @@ def render_clip(out_dir: Path, num_frames: int = 90, width: int = 320, height: i
 
 def evaluate(params_path: Path, gt: dict) -> dict:
     """MPJPE / PA-MPJPE (LSP 14 joints, mm) and PCK (2D, fraction within 5% / 10% of the box side)."""
-    from hmr_fast import metrics
-    from hmr_fast.data.keypoints import NUM_LSP
-
     p = np.load(params_path)
     idx = p["frame_index"].astype(int)
     pred3d = torch.as_tensor(p["joints3d"][:, :NUM_LSP])
     gt3d = torch.as_tensor(gt["joints3d"][idx, :NUM_LSP])
     pred3d, gt3d = metrics.align_by_pelvis(pred3d), metrics.align_by_pelvis(gt3d)
-    err2d = np.linalg.norm(p["keypoints2d"] - gt["keypoints2d"][idx], axis=-1)
-    side = p["boxes"][:, 2:3]
+    kp, gt_kp, side = p["keypoints2d"], gt["keypoints2d"][idx], p["boxes"][:, 2]
     return {"frames": int(len(idx)),
             "mpjpe_mm": float(1000 * metrics.mpjpe(pred3d, gt3d).mean()),
             "pa_mpjpe_mm": float(1000 * metrics.pa_mpjpe(pred3d, gt3d).mean()),
-            "pck@0.05": float((err2d < 0.05 * side).mean()), "pck@0.1": float((err2d < 0.1 * side).mean())}
+            "pck@0.05": float(metrics.pck(kp, gt_kp, None, 0.05, side).mean()),
+            "pck@0.1": float(metrics.pck(kp, gt_kp, None, 0.1, side).mean())}
 
 
 def add_arguments(parser) -> None:
@@ -134,8 +134,6 @@ def add_arguments(parser) -> None:
 
 def run_demo(out_dir, checkpoint=None, num_frames: int = 90, width: int = 320, height: int = 240,
              backend: str = "auto", device=None, seed: int = 0, log=print) -> dict:
-    from .video import VideoConfig, run_video
-
     checkpoint = Path(checkpoint) if checkpoint else DEMO_CHECKPOINT
     if not checkpoint.is_file():
         raise FileNotFoundError(f"demo checkpoint {checkpoint} not found (it ships in hmr_fast/assets; "

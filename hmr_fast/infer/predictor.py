@@ -16,11 +16,12 @@ from typing import Optional
 
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation
 
-from hmr_fast.data.augment import normalise_images
+from hmr_fast import camera
+from hmr_fast.body import SMPL
+from hmr_fast.camera import normalise_images, vertices_to_pixels
+from hmr_fast.rotations import rotmat_to_axis_angle
 
-from . import crops as crop_lib
 from .backends import Backend, make_backend
 
 
@@ -42,18 +43,6 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.betas)
-
-    def take(self, index) -> "Prediction":
-        """The people at `index` (an int, slice or index array), as a Prediction."""
-        index = np.atleast_1d(np.arange(len(self))[index])
-        return Prediction(**{k: None if v is None else v[index] for k, v in self.__dict__.items()})
-
-
-def rotmat_to_axis_angle(rot_mats: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 3) axis-angle."""
-    shape = rot_mats.shape[:-2]
-    flat = rot_mats.reshape(-1, 3, 3).astype(np.float64)
-    return Rotation.from_matrix(flat).as_rotvec().reshape(*shape, 3)
 
 
 class Predictor:
@@ -94,8 +83,6 @@ class Predictor:
     def faces(self) -> np.ndarray:
         """(F, 3) triangles of the body model the checkpoint was trained with."""
         if self._faces is None:
-            from hmr_fast.body import SMPL
-
             self._faces = SMPL(self.backend.smpl_model).faces
         return self._faces
 
@@ -106,14 +93,14 @@ class Predictor:
         a list of such per frame. None: each image is one person crop (its whole area)."""
         frames = _as_frame_list(images)
         if boxes is None:
-            per_frame = [[crop_lib.full_frame_box(*f.shape[:2])] for f in frames]
+            per_frame = [[camera.full_frame_box(*f.shape[:2])] for f in frames]
         else:
             single = isinstance(images, np.ndarray) and images.ndim == 3
             per_frame = _boxes_per_frame(boxes, len(frames), single)
         crops, all_boxes, index = [], [], []
         for i, (frame, frame_boxes) in enumerate(zip(frames, per_frame)):
             for box in frame_boxes:
-                crops.append(crop_lib.crop(frame, box, self.img_size))
+                crops.append(camera.crop(frame, box, self.img_size))
                 all_boxes.append(box)
                 index.append(i)
         if not crops:
@@ -127,15 +114,6 @@ class Predictor:
         if isinstance(crops, np.ndarray):
             crops = [crops] if crops.ndim == 3 else list(crops)
         return self.predict(list(crops), None, return_vertices)
-
-    def predict_boxes(self, frame: np.ndarray, boxes: np.ndarray, return_vertices: bool = True) -> Prediction:
-        """One frame and square boxes (K, 3) as (cx, cy, size): the video pipeline's call."""
-        frame = _check_frame(frame, "frame")
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 3)
-        if not (np.isfinite(boxes).all() and (boxes[:, 2] > 0).all()):
-            raise ValueError(f"boxes must be finite (cx, cy, size) with size > 0, got {boxes.tolist()}")
-        crops = np.stack([crop_lib.crop(frame, b, self.img_size) for b in boxes])
-        return self._predict(crops, boxes, np.zeros(len(boxes), dtype=np.int64), return_vertices)
 
     # -- the batch ------------------------------------------------------------------------
     def preprocess(self, crops: np.ndarray) -> torch.Tensor:
@@ -156,7 +134,7 @@ class Predictor:
 
     def _predict(self, crops, boxes, index, return_vertices) -> Prediction:
         out = self.run_batches(crops)
-        keypoints_px = crop_lib.to_pixels(out["keypoints2d"], boxes)
+        keypoints_px = camera.to_pixels(out["keypoints2d"], boxes)
         vertices = out["vertices"] if return_vertices else None
         vertices_px = None if vertices is None else vertices_to_pixels(vertices, out["cam"], boxes)
         return Prediction(
@@ -164,16 +142,6 @@ class Predictor:
             betas=out["betas"], cam=out["cam"], joints3d=out["joints3d"], keypoints2d=keypoints_px,
             keypoints_norm=out["keypoints2d"], boxes=boxes, frame_index=index, vertices=vertices,
             vertices_px=vertices_px)
-
-
-def vertices_to_pixels(vertices: np.ndarray, cam: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(B, V, 3) model-frame vertices -> x, y image pixels and z depth in the same pixel scale,
-    through HMR's weak perspective x = s (X + t) and the crop box."""
-    s = cam[:, None, :1]
-    norm = s * (vertices[..., :2] + cam[:, None, 1:])
-    xy = crop_lib.to_pixels(norm, boxes)
-    z = vertices[..., 2:3] * s * (np.asarray(boxes)[:, None, 2:3] / 2)
-    return np.concatenate([xy, z], axis=-1)
 
 
 def _check_frame(frame, name: str) -> np.ndarray:
@@ -208,7 +176,7 @@ def _boxes_per_frame(boxes, num_frames: int, single: bool) -> list:
             raise ValueError(f"boxes[{i}]: each box must be 4 numbers (x1, y1, x2, y2), got shape {arr.shape}")
         arr = arr.reshape(-1, 4)
         try:
-            out.append([crop_lib.as_box(b) for b in arr])
+            out.append([camera.as_box(b) for b in arr])
         except ValueError as exc:
             raise ValueError(f"boxes[{i}]: {exc}") from None
     return out

@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from hmr_fast.rotations import rot6d_to_rotmat_np, rotmat_to_6d
+
 
 class OneEuroFilter:
     """One-Euro filter over arrays (elementwise). min_cutoff in Hz, beta in 1/(units of x)."""
@@ -57,21 +59,6 @@ class OneEuroFilter:
         return self._x.copy()
 
 
-def rotmat_to_6d(rot_mats: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) -> (..., 6): the first two columns, interleaved row by row (SPIN's layout)."""
-    return rot_mats[..., :2].reshape(*rot_mats.shape[:-2], 6)
-
-
-def rot6d_to_rotmat(six: np.ndarray) -> np.ndarray:
-    """(..., 6) -> (..., 3, 3) by Gram-Schmidt (the inverse of rotmat_to_6d on rotations)."""
-    cols = six.reshape(*six.shape[:-1], 3, 2)
-    a1, a2 = cols[..., 0], cols[..., 1]
-    b1 = a1 / np.maximum(np.linalg.norm(a1, axis=-1, keepdims=True), 1e-12)
-    a2 = a2 - (b1 * a2).sum(-1, keepdims=True) * b1
-    b2 = a2 / np.maximum(np.linalg.norm(a2, axis=-1, keepdims=True), 1e-12)
-    return np.stack([b1, b2, np.cross(b1, b2)], axis=-1)
-
-
 class ParameterSmoother:
     """One-Euro smoothing of (rot_mats (24, 3, 3), betas (10,), cam (3,)) for one person.
 
@@ -93,7 +80,7 @@ class ParameterSmoother:
 
     def __call__(self, rot_mats: np.ndarray, betas: np.ndarray, cam: np.ndarray, t: float):
         six = self.pose(rotmat_to_6d(rot_mats), t)
-        return rot6d_to_rotmat(six), self.betas(betas, t), self.cam(cam, t)
+        return rot6d_to_rotmat_np(six), self.betas(betas, t), self.cam(cam, t)
 
 
 def jitter(signal: np.ndarray, truth: Optional[np.ndarray] = None) -> float:

@@ -11,11 +11,12 @@ people therefore follow one of them, and the run says so.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from .crops import centre_box, full_frame_box, keypoint_box
+from hmr_fast.camera import as_box, centre_box, full_frame_box, keypoint_box
+
 from .smoothing import OneEuroFilter
 
 STARTS = ("full", "centre")
@@ -121,8 +122,6 @@ class KeypointTracker:
 def pick_detection(detections: np.ndarray, previous=None) -> Optional[np.ndarray]:
     """One box (cx, cy, size) from detections (K, 5) = x1, y1, x2, y2, score: the best overlap
     with `previous` when there is one, else the largest x score."""
-    from .crops import as_box
-
     if detections is None or len(detections) == 0:
         return None
     boxes = [as_box(d[:4]) for d in detections]
@@ -161,5 +160,3 @@ class MotionDetector:
                 out.append([x, y, x + w, y + h, min(1.0, cv2.contourArea(c) / (w * h))])
         return np.asarray(out, dtype=np.float64).reshape(-1, 5)
 
-
-Detector = Callable[[np.ndarray], np.ndarray]

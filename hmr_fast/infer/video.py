@@ -34,10 +34,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import crops as crop_lib
+from hmr_fast import camera
+from hmr_fast.body import SMPL
+from hmr_fast.camera import vertices_to_pixels
+from hmr_fast.devices import resolve_device
+from hmr_fast.rotations import rotmat_to_axis_angle
+
 from .frames import FrameReader
 from .overlay import MeshOverlay, draw_box, draw_hud, draw_keypoints
-from .predictor import Predictor, rotmat_to_axis_angle, vertices_to_pixels
+from .predictor import Predictor
 from .smoothing import ParameterSmoother
 from .tracking import KeypointTracker, MotionDetector, pick_detection
 from .writer import ParamsRecorder, VideoSink
@@ -79,15 +84,13 @@ class VideoConfig:
         if self.fps is not None and not 0 < self.fps <= 1000:
             raise ValueError(f"--fps must be in (0, 1000], got {self.fps}")
         if self.box is not None:
-            crop_lib.as_box(self.box)  # raises naming the problem
+            camera.as_box(self.box)  # raises naming the problem
 
 
 class BodyPoser:
     """The body model posed from (smoothed) parameters: joints, keypoints and the mesh in pixels."""
 
     def __init__(self, smpl_model, joint_set: str, device):
-        from hmr_fast.body import SMPL
-
         self.device = torch.device(device)
         self.smpl = SMPL(smpl_model, joint_set=joint_set).to(self.device)
         self.faces = self.smpl.faces
@@ -100,8 +103,9 @@ class BodyPoser:
                         return_verts=True)
         joints = out.joints.cpu().numpy().astype(np.float64)
         vertices = out.vertices.cpu().numpy().astype(np.float64)
-        keypoints_norm = np.asarray(cam)[:, None, :1] * (joints[..., :2] + np.asarray(cam)[:, None, 1:])
-        return joints, crop_lib.to_pixels(keypoints_norm, boxes), vertices_to_pixels(vertices, np.asarray(cam), boxes)
+        cam = np.asarray(cam)
+        keypoints_px = camera.to_pixels(camera.project_weak_perspective(joints, cam), boxes)
+        return joints, keypoints_px, vertices_to_pixels(vertices, cam, boxes)
 
 
 class _Timer:
@@ -176,9 +180,7 @@ def torch_threads(n: Optional[int]):
 def run_video(cfg: VideoConfig, predictor: Optional[Predictor] = None, log=print) -> dict:
     """The whole pipeline (see the module docstring); returns a summary dict."""
     cfg.validate()
-    on_cpu = (predictor.device.type if predictor is not None else
-              ("cuda" if cfg.device is None and torch.cuda.is_available() else torch.device(cfg.device or "cpu").type)
-              ) == "cpu"
+    on_cpu = (predictor.device if predictor is not None else resolve_device(cfg.device)).type == "cpu"
     with torch_threads(cpu_threads() if on_cpu else None):
         return _run_video(cfg, predictor, log, cpu_threads() if on_cpu else None)
 
@@ -200,7 +202,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
         sink = VideoSink(cfg.out, info.fps, info.width, info.height)
         recorder = ParamsRecorder(cfg.save_params) if cfg.save_params else None
         track = cfg.track if cfg.track is not None else cfg.box is None
-        start = crop_lib.as_box(cfg.box) if cfg.box is not None else cfg.start
+        start = camera.as_box(cfg.box) if cfg.box is not None else cfg.start
         tracker = KeypointTracker((info.height, info.width), start, expand=cfg.expand)
         detector = MotionDetector() if cfg.detector == "motion" else None
         smoother = ParameterSmoother() if cfg.smooth else None
@@ -224,7 +226,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
             times = [i / info.fps for i, _ in chunk]
             chosen = [_choose_box(cfg, tracker, detector, f, t, track) for f, t in zip(frames, times)]
             boxes = np.stack([b for b, _ in chosen])
-            crops = np.stack([crop_lib.crop(f, b, predictor.img_size) for f, b in zip(frames, boxes)])
+            crops = np.stack([camera.crop(f, b, predictor.img_size) for f, b in zip(frames, boxes)])
             raw = predictor.run_batches(crops)
             params = _smooth_and_track(raw, boxes, times, tracker if track else None, smoother,
                                        [d for _, d in chosen])
@@ -232,7 +234,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
                 joints3d, keypoints_px, vertices_px = poser(params["rot_mats"], params["betas"], params["cam"], boxes)
             else:
                 joints3d = raw["joints3d"]
-                keypoints_px = crop_lib.to_pixels(raw["keypoints2d"], boxes)
+                keypoints_px = camera.to_pixels(raw["keypoints2d"], boxes)
                 vertices_px = vertices_to_pixels(raw["vertices"], raw["cam"], boxes)
             for i, (index, frame) in enumerate(chunk):
                 overlay.mesh(frame, vertices_px[i])
@@ -271,11 +273,11 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
 
 def _record(recorder, index, t, params, raw, boxes, keypoints_px, joints3d, i) -> None:
     """One frame's row of the npz: smoothed (what is drawn) and raw (the model's) parameters."""
-    raw_keypoints = crop_lib.to_pixels(raw["keypoints2d"][i:i + 1], boxes[i:i + 1])[0]
+    raw_keypoints = camera.to_pixels(raw["keypoints2d"][i:i + 1], boxes[i:i + 1])[0]
     recorder.add(frame_index=index, time=t, pose=rotmat_to_axis_angle(params["rot_mats"][i]).reshape(-1),
                  rot_mats=params["rot_mats"][i], betas=params["betas"][i], cam=params["cam"][i],
                  pose_raw=rotmat_to_axis_angle(raw["rot_mats"][i]).reshape(-1), betas_raw=raw["betas"][i],
-                 cam_raw=raw["cam"][i], boxes=boxes[i], boxes_xyxy=crop_lib.box_to_xyxy(boxes[i]),
+                 cam_raw=raw["cam"][i], boxes=boxes[i], boxes_xyxy=camera.box_to_xyxy(boxes[i]),
                  keypoints2d=keypoints_px[i], keypoints2d_raw=raw_keypoints, joints3d=joints3d[i],
                  tracked=params["tracked"][i])
 

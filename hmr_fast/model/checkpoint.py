@@ -13,11 +13,17 @@ leaves the previous checkpoint intact, never a torn one.
 """
 from __future__ import annotations
 
+import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 
 from hmr_fast.atomic import atomic_path
+from hmr_fast.body import SMPL
+from hmr_fast.body.smplx_layer import SmplxLayer
+
+from .hmr import HMR
 
 FORMAT = "hmr_fast.checkpoint/1"
 SMPL_PREFIX = "smpl."
@@ -55,12 +61,8 @@ def build_smpl(model_config: dict, device=None):
     backend = model_config.get("smpl_backend", "auto")
     joint_set = model_config.get("joint_set", "hmr19")
     if backend == "smplx":
-        from .smplx_layer import SmplxLayer
-
         smpl = SmplxLayer(model_config.get("smpl_model"), joint_set=joint_set)
     else:
-        from hmr_fast.body import SMPL
-
         smpl = SMPL(model_config.get("smpl_model"), backend=backend, joint_set=joint_set)
     return smpl.to(device) if device is not None else smpl
 
@@ -68,8 +70,6 @@ def build_smpl(model_config: dict, device=None):
 def build_model(model_config: dict, smpl=None, pretrained: bool = True):
     """An HMR from a config's "model" section (pretrained=False skips loading backbone
     weights, e.g. when a checkpoint's weights follow)."""
-    from .hmr import HMR
-
     return HMR(backbone=model_config["backbone"], pose_repr=model_config["pose_repr"],
                ief_iters=model_config["ief_iters"], img_size=model_config["img_size"],
                joint_set=model_config["joint_set"], dropout=model_config.get("dropout", 0.5),
@@ -105,3 +105,37 @@ def load_weights(module, state: dict, source, skip_prefix: str = "") -> None:
         raise ValueError(f"{source}: weights do not fit the model (missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}, other shapes {reshaped[:5]})")
     module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=False)
+
+
+def pack_checkpoint(src, dst) -> Path:
+    """A checkpoint packed for shipping: what inference reads, float16 weights, deflated.
+
+    Keeps format, config, model and step (drops the discriminator, optimizers, RNG states),
+    stores floating-point weights as float16 (inference and model.init load them into a
+    float32 model), and re-zips the torch archive with DEFLATE: torch.load reads compressed
+    archives (not with mmap=True), and the demo checkpoint fits the package's 25 MB budget.
+    """
+    ckpt = read_checkpoint(src)
+    model = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+    dst = Path(dst)
+    with atomic_path(dst) as packed, tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        plain = Path(tmp) / "plain.pt"
+        torch.save({"format": FORMAT, "config": ckpt["config"], "model": model, "step": ckpt["step"]}, plain)
+        with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zout:
+            for info in zin.infolist():
+                zout.writestr(info.filename, zin.read(info.filename))
+    return dst
+
+
+# `hmr-fast pack SRC DST`
+def add_arguments(parser) -> None:
+    parser.add_argument("src", help="a checkpoint written by hmr-fast train (e.g. RUN/last.pt)")
+    parser.add_argument("dst", help="the packed checkpoint to write")
+
+
+def run(args) -> int:
+    if not Path(args.src).is_file():
+        raise SystemExit(f"hmr-fast pack: {args.src} not found")
+    out = pack_checkpoint(args.src, args.dst)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0

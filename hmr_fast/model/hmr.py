@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from hmr_fast.body.reference import project_weak_perspective
+from hmr_fast.body import SMPL
+from hmr_fast.camera import project_weak_perspective
 
 from .encoder import Encoder
 from .regressor import IEFRegressor
@@ -26,36 +27,6 @@ class HMROutput:
     thetas: list = field(default_factory=list)  # raw theta (B, P) after each IEF iteration
     iter_rot_mats: Optional[torch.Tensor] = None  # (T, B, 24, 3, 3) every iteration (discriminator)
     iter_betas: Optional[torch.Tensor] = None  # (T, B, 10)
-    iter_cams: Optional[torch.Tensor] = None  # (T, B, 3)
-
-
-def fused_smpl_kernel(smpl, device):
-    """hmr_fast.kernels.smpl_joints_projected when it applies (hmr_fast's SMPL with backend
-    auto/triton, a CUDA device, the kernels importable and Triton usable there), else None."""
-    if device.type != "cuda" or getattr(smpl, "backend", None) not in ("auto", "triton"):
-        return None
-    try:
-        from hmr_fast.kernels import smpl_joints_projected as fused, triton_usable
-    except ImportError:
-        return None
-    return fused if triton_usable(device)[0] else None
-
-
-def smpl_joints_projected(smpl, betas, rot_mats, cam, joint_set: str):
-    """(joints3d (B, J, 3), keypoints2d (B, J, 2)) of posed bodies, joints only.
-
-    The one place the SMPL implementation is chosen: the fused Triton kernel (joints,
-    projection and their backward in one op) where `fused_smpl_kernel` finds it; anything
-    else (CPU, the reference backend, smplx's layer) runs the module and the reference
-    weak-perspective projection.
-    """
-    fused = fused_smpl_kernel(smpl, rot_mats.device)
-    if fused is not None:
-        joints, keypoints, _ = fused(smpl, betas, rot_mats.reshape(rot_mats.shape[0], -1), None, cam, False, joint_set)
-        return joints, keypoints
-    out = smpl(betas=betas, global_orient=rot_mats[:, :1], body_pose=rot_mats[:, 1:], pose2rot=False,
-               return_verts=False, joint_set=joint_set)
-    return out.joints, project_weak_perspective(out.joints, cam)
 
 
 class HMR(nn.Module):
@@ -77,11 +48,7 @@ class HMR(nn.Module):
         self.joint_set = joint_set
         self.encoder = Encoder(backbone, pretrained)
         self.regressor = IEFRegressor(self.encoder.feature_dim, pose_repr, ief_iters, dropout)
-        if smpl is None:
-            from hmr_fast.body import SMPL
-
-            smpl = SMPL(joint_set=joint_set)
-        self.smpl = smpl
+        self.smpl = SMPL(joint_set=joint_set) if smpl is None else smpl
 
     def forward(self, images: torch.Tensor, return_verts: bool = False) -> HMROutput:
         thetas = self.regressor(self.encoder(images))
@@ -92,15 +59,12 @@ class HMR(nn.Module):
             cam, rot_mats, betas = params[-1]
             vertices = None
             with torch.profiler.record_function("hmr.smpl"):  # a named range for profiles
-                if return_verts:  # the whole mesh: one full forward gives joints and vertices
-                    body = self.smpl(betas=betas, global_orient=rot_mats[:, :1], body_pose=rot_mats[:, 1:],
-                                     pose2rot=False, return_verts=True, joint_set=self.joint_set)
-                    vertices, joints3d = body.vertices, body.joints
+                if return_verts:  # the whole mesh: one forward gives joints and vertices
+                    vertices, joints3d = self.smpl.pose_body(betas, rot_mats, True, self.joint_set)
                     keypoints2d = project_weak_perspective(joints3d, cam)
-                else:  # training: joints only
-                    joints3d, keypoints2d = smpl_joints_projected(self.smpl, betas, rot_mats, cam, self.joint_set)
+                else:  # training: joints only (one fused op on CUDA)
+                    joints3d, keypoints2d = self.smpl.joints_projected(betas, rot_mats, cam, self.joint_set)
         return HMROutput(
             rot_mats=rot_mats, betas=betas, cam=cam, joints3d=joints3d, keypoints2d=keypoints2d,
             vertices=vertices, thetas=thetas,
-            iter_rot_mats=torch.stack([p[1] for p in params]), iter_betas=torch.stack([p[2] for p in params]),
-            iter_cams=torch.stack([p[0] for p in params]))
+            iter_rot_mats=torch.stack([p[1] for p in params]), iter_betas=torch.stack([p[2] for p in params]))

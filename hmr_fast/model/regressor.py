@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from hmr_fast.body.reference import rodrigues, rot6d_to_rotmat
+from hmr_fast.rotations import rodrigues, rot6d_to_rotmat
 
 POSE_REPRS = {"axis_angle": 3, "6d": 6}
 NUM_JOINTS = 24

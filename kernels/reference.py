@@ -1,7 +1,7 @@
-"""The SMPL math in plain torch: the reference backend, and the twin the Triton kernels are held to.
+"""The SMPL math in plain torch: the reference backend, and the twin every Triton kernel is held to.
 
-Each function is one step of SMPL (Loper et al. 2015) as smplx's `lbs.py` names them, in the
-cheaper forms DESIGN.md lists:
+Each function is one step of SMPL (Loper et al. 2015) as smplx's `lbs.py` names them, in
+cheaper forms than smplx's:
 - joints are linear in the betas, so the rest joints never touch the vertices;
 - transforms are 3x4 (rotation, translation), never homogeneous 4x4;
 - the kinematic chain runs level by level over Python-int parents (SMPL's tree has 9 levels),
@@ -9,47 +9,50 @@ cheaper forms DESIGN.md lists:
 - shape and pose blend shapes are one GEMM over [betas, pose features];
 - joint sets regress from only the vertices in their support, so a joints-only forward
   (the training case) poses a few hundred vertices instead of 6890.
-Everything is differentiable, in float32 and float64.
+Everything is differentiable, in float32 and float64. The rotation maps are in
+hmr_fast.rotations and HMR's camera in hmr_fast.camera (both re-exported here).
+
+The last section holds the twins of the three fused ops (pose_chain, blend_skin,
+regress_project) and of `smpl_joints_projected`, with the ops' own signatures and the
+kernels' tensor layouts, so each op can be tested on its own against plain torch.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-# Below this squared angle, sin(t)/t and (1 - cos t)/t^2 come from their Taylor series: the
-# closed forms lose all precision there, and their gradients are 0/0 at exactly zero.
-_SMALL_ANGLE_SQ = 1e-6
+from hmr_fast.camera import project_weak_perspective
+from hmr_fast.rotations import rodrigues, rot6d_to_rotmat
+
+__all__ = ["rodrigues", "rot6d_to_rotmat", "project_weak_perspective", "KinematicTree", "kinematic_tree",
+           "pose_features", "blend_shapes", "rest_joints", "kinematic_chain", "skinning_transforms", "skin",
+           "pose_vertices", "regress_joints", "smpl_forward", "pose_chain", "blend_skin", "regress_project",
+           "smpl_joints_projected"]
 
 
-def rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
-    """Axis-angle (..., 3) -> rotation matrices (..., 3, 3): R = I + a K + b K^2.
+class KinematicTree(NamedTuple):
+    """A kinematic tree's structure: parents (root's is -1), depth of each joint, the joints
+    of each depth (root level first) and the children of each joint."""
 
-    K is the cross-product matrix of the (unnormalised) axis-angle vector, a = sin(t)/t,
-    b = (1 - cos t)/t^2. Exact, with finite gradients, at t = 0 and near pi.
-    """
-    theta_sq = (axis_angle * axis_angle).sum(-1, keepdim=True)
-    small = theta_sq < _SMALL_ANGLE_SQ
-    safe_sq = torch.where(small, torch.ones_like(theta_sq), theta_sq)
-    theta = safe_sq.sqrt()
-    a = torch.where(small, 1 - theta_sq / 6 + theta_sq**2 / 120, torch.sin(theta) / theta)
-    b = torch.where(small, 0.5 - theta_sq / 24 + theta_sq**2 / 720, (1 - torch.cos(theta)) / safe_sq)
-    x, y, z = axis_angle.unbind(-1)
-    zero = torch.zeros_like(x)
-    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).unflatten(-1, (3, 3))
-    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device)
-    return eye + a[..., None] * K + b[..., None] * (K @ K)
+    parents: tuple
+    depth: tuple
+    levels: tuple
+    children: tuple
 
 
-def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
-    """SPIN's 6D rotation (..., 6) -> rotation matrices (..., 3, 3), by Gram-Schmidt.
-
-    The 6 numbers are the first two columns of the matrix, interleaved as a (3, 2) block.
-    """
-    cols = x.unflatten(-1, (3, 2))
-    a1, a2 = cols[..., 0], cols[..., 1]
-    b1 = torch.nn.functional.normalize(a1, dim=-1)
-    b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
-    b3 = torch.linalg.cross(b1, b2, dim=-1)
-    return torch.stack([b1, b2, b3], dim=-1)
+def kinematic_tree(parents) -> KinematicTree:
+    """The structure of a tree given as each joint's parent (SMPL-format trees list parents
+    before children; the root's parent is -1 or any negative number)."""
+    parents = tuple(int(p) for p in parents)
+    depth = [0] * len(parents)
+    for j in range(1, len(parents)):
+        if not 0 <= parents[j] < j:
+            raise ValueError(f"kinematic tree must list parents before children; parent of {j} is {parents[j]}")
+        depth[j] = depth[parents[j]] + 1
+    levels = tuple(tuple(j for j in range(len(parents)) if depth[j] == d) for d in range(max(depth, default=0) + 1))
+    children = tuple(tuple(c for c in range(1, len(parents)) if parents[c] == p) for p in range(len(parents)))
+    return KinematicTree((-1,) + parents[1:], tuple(depth), levels, children)
 
 
 def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
@@ -78,7 +81,7 @@ def kinematic_chain(rot_mats, joints, parents, levels):
     """Global joint transforms, walking SMPL's tree one level at a time.
 
     rot_mats (B, 24, 3, 3) local rotations; joints (B, 24, 3) rest joints; parents a tuple
-    of ints; levels a tuple of tuples of joint indices, root level first (`tree_levels`).
+    of ints; levels a tuple of tuples of joint indices, root level first (`kinematic_tree`).
     Joint j's local transform is [R_j | J_j - J_parent] ([R_0 | J_0] for the root); a
     joint's parent is always on the level just above it, so each level is one batched
     matmul of the parents' 3x4 global transforms with the children's local ones (made 4x4
@@ -218,11 +221,6 @@ def regress_joints(posed_joints, support_vertices, chain_index, vertex_regressor
     return torch.where((chain_index >= 0)[None, :, None], from_chain, from_vertices)
 
 
-def project_weak_perspective(points: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
-    """HMR's camera: x2d = s * (X[:, :2] + [tx, ty]); points (B, J, 3), cam (B, 3) = (s, tx, ty)."""
-    return cam[:, None, :1] * (points[..., :2] + cam[:, None, 1:])
-
-
 def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: str):
     """The whole SMPL forward on `layer`'s buffers (see hmr_fast.body.smpl.SMPL).
 
@@ -255,3 +253,73 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
 # B x V x 3 tensor of zeros; from this batch size on (measured on the CPU), posing the few
 # support vertices a second time is cheaper.
 REPOSE_SUPPORT_BATCH = 16
+
+
+# ------------------------------------------------------------------- the fused ops' twins
+# Same signatures as the registered ops (torch.ops.hmr_fast.*) and the same tensor layouts
+# (`prepare`'s), computed with the functions above: what each op is tested against.
+def pose_chain(pose, betas, J_template, J_shapedirs, parents, depth, children, num_levels: int, pose2rot: bool,
+               c_pad: int):
+    """Twin of hmr_fast::pose_chain -> (rot (B, NJ, 3, 3), coeffs (B, c_pad) = [betas, pose
+    features, zeros], posed joints (B, NJ, 3), skinning transforms (B, NJ, 12)).
+
+    pose (B, NJ * 3) axis-angle, or (B, NJ * 9) rotation matrices when not pose2rot; parents
+    an int tensor with the root's parent stored as 0 (the kernels' table). depth, children and
+    num_levels are the kernels' view of the same tree: the twin derives its own from parents.
+    """
+    B, NB = betas.shape
+    NJ = J_template.shape[0]
+    rot = rodrigues(pose.reshape(B, NJ, 3)) if pose2rot else pose.reshape(B, NJ, 3, 3)
+    feats = pose_features(rot)
+    coeffs = torch.cat([betas, feats, betas.new_zeros(B, c_pad - NB - feats.shape[1])], dim=1)
+    joints_rest = rest_joints(betas, J_template, J_shapedirs)
+    tree = kinematic_tree([-1] + [int(p) for p in parents.tolist()[1:]])
+    global_rot, posed = kinematic_chain(rot, joints_rest, tree.parents, tree.levels)
+    return rot, coeffs, posed, skinning_transforms(global_rot, posed, joints_rest)
+
+
+def blend_skin(coeffs, transforms, transl, template_planes, dirs_planes, skin_indices, skin_weights,
+               weights_dense, chunk_list, chunk_count, chunk_mask, num_vertices: int, sparse: bool, precision: str):
+    """Twin of hmr_fast::blend_skin -> posed vertices (B, num_vertices, 3).
+
+    v_posed = template + coeffs @ dirs on the padded coordinate planes (template_planes
+    (3, N_PAD), dirs_planes (3, C_PAD, N_PAD)); then v = sum_k w_k (R_k v_posed + t_k) over the
+    K (index, weight) skinning pairs (N_PAD, K), plus transl (B, 3) when given. Dense, in the
+    inputs' dtype: the chunk tables only let the kernel skip all-zero tiles, and `precision`
+    only chooses the kernel's GEMM instructions.
+    """
+    N = num_vertices
+    B, NJ = transforms.shape[:2]
+    dirs = dirs_planes[:, :, :N].to(coeffs.dtype)
+    v_posed = template_planes[:, None, :N] + torch.einsum("bc,dcn->dbn", coeffs, dirs)  # (3, B, N)
+    T = transforms.reshape(B, NJ, 3, 4)
+    blended = (skin_weights[None, :N, :, None, None] * T[:, skin_indices[:N].long()]).sum(2)  # (B, N, 3, 4)
+    vertices = (blended[..., :3] @ v_posed.permute(1, 2, 0).unsqueeze(-1)).squeeze(-1) + blended[..., 3]
+    return vertices if transl is None else vertices + transl[:, None]
+
+
+def regress_project(verts, support, regT, selT, rowsum, posed_joints, transl, cam, num_joints: int,
+                    transl_in_verts: bool):
+    """Twin of hmr_fast::regress_project -> (joints (B, J, 3), keypoints (B, J, 2), or an empty
+    tensor without a camera).
+
+    joints = verts[:, support] @ regT + posed_joints @ selT (regT (S, JOP) zero on chain rows,
+    selT (JP, JOP) one-hot on them), then + transl: once for every joint, i.e. times (1 - row
+    sum) for rows regressed from vertices that already carry it (transl_in_verts).
+    """
+    J, NJ = num_joints, posed_joints.shape[1]
+    joints = (torch.einsum("bsd,sj->bjd", verts[:, support.long()], regT[:, :J])
+              + torch.einsum("bcd,cj->bjd", posed_joints, selT[:NJ, :J]))
+    if transl is not None:
+        joints = joints + transl[:, None] * ((1 - rowsum[:J])[:, None] if transl_in_verts else 1)
+    keypoints = project_weak_perspective(joints, cam) if cam is not None else joints.new_empty(0)
+    return joints, keypoints
+
+
+def smpl_joints_projected(layer, betas, full_pose, transl, cam, pose2rot: bool, joint_set: str):
+    """Twin of hmr_fast.kernels.smpl_joints_projected -> (joints (B, J, 3), keypoints (B, J, 2),
+    rot_mats (B, 24, 3, 3)): the joints-only forward and HMR's weak perspective."""
+    B = betas.shape[0]
+    rot = rodrigues(full_pose.reshape(B, -1, 3)) if pose2rot else full_pose.reshape(B, -1, 3, 3)
+    _, joints = smpl_forward(layer, betas, rot, transl, False, joint_set)
+    return joints, project_weak_perspective(joints, cam), rot

@@ -1,7 +1,9 @@
-"""Small checkpoints for tests and benchmarks (random weights; nothing is trained or downloaded)."""
+"""Small checkpoints for the tests and benchmarks (random weights; nothing is trained or downloaded)."""
 from __future__ import annotations
 
 import torch
+
+from hmr_fast.model import build_model, save_checkpoint
 
 
 def make_checkpoint(path, backbone: str = "resnet18", img_size: int = 64, seed: int = 0,
@@ -13,8 +15,6 @@ def make_checkpoint(path, backbone: str = "resnet18", img_size: int = 64, seed: 
     image as a trained model's do (tests of the exported graphs then cover real rotations,
     not only the rest pose).
     """
-    from hmr_fast.model import build_model, save_checkpoint
-
     torch.manual_seed(seed)
     model_cfg = dict(backbone=backbone, pose_repr="axis_angle", ief_iters=3, img_size=img_size, joint_set="hmr19",
                      dropout=0.5, smpl_model=None, smpl_backend="auto", pretrained=None)

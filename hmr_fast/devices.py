@@ -1,0 +1,31 @@
+"""Where things run and at what precision: the one resolver every command and API uses."""
+from __future__ import annotations
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device=None) -> torch.device:
+    """None or "auto": CUDA when torch sees a GPU, else the CPU. A CUDA device asked for
+    where there is none is an error here, not a crash later."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} was asked for, but torch sees no CUDA device here")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 on CUDA, fp32 on the CPU; fp16 only on CUDA (CPU convolutions lack it)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device (CPU convolutions in fp16 are not supported); "
+                         "use 'fp32' or 'bf16'")
+    return precision
