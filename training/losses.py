@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from hmr_fast.body.model_data import NUM_JOINTS
 from hmr_fast.data.keypoints import NUM_LSP
 from hmr_fast.metrics import LEFT_HIP, RIGHT_HIP, align_by_pelvis
 from hmr_fast.rotations import rodrigues
@@ -40,7 +41,7 @@ def joints3d_loss(pred: torch.Tensor, gt: torch.Tensor, has_3d: torch.Tensor) ->
 
 def smpl_loss(pred_rot_mats, pred_betas, gt_pose, gt_betas, has_smpl) -> torch.Tensor:
     """pred_rot_mats (B, 24, 3, 3), pred_betas (B, 10), gt_pose (B, 72) axis-angle."""
-    gt_rot_mats = rodrigues(gt_pose.view(-1, 24, 3))
+    gt_rot_mats = rodrigues(gt_pose.view(-1, NUM_JOINTS, 3))
     pred = torch.cat([pred_rot_mats.flatten(1), pred_betas], dim=1)
     gt = torch.cat([gt_rot_mats.flatten(1), gt_betas], dim=1)
     return 0.5 * _weighted_mean((pred - gt) ** 2, has_smpl[:, None].to(pred.dtype))

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from hmr_fast.body.model_data import NUM_JOINTS
 from hmr_fast.camera import normalise_images
 from hmr_fast.data.coco import CocoDataset
 from hmr_fast.data.loader import MixedDataset, make_eval_loader, make_train_loader
@@ -321,7 +322,7 @@ class Trainer:
         d_real = d_fake = torch.zeros((), device=dev)
         if adversarial:
             real_pose, real_betas = self.prior.sample(fake_rot.shape[0], self.prior_generator)
-            real_rot = rodrigues(real_pose.to(dev).view(-1, 24, 3))[:, 1:]
+            real_rot = rodrigues(real_pose.to(dev).view(-1, NUM_JOINTS, 3))[:, 1:]
             # Real and fake through one call, so DDP sees one forward per backward.
             scores = self.train_disc(torch.cat([real_rot, fake_rot.detach()]),
                                      torch.cat([real_betas.to(dev), fake_betas.detach()]))

@@ -5,9 +5,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NUM_JOINTS = 24
-NUM_POSE_FEATURES = 9 * (NUM_JOINTS - 1)  # 207: (R - I) of the 23 non-root joints
-
 # SMPL's kinematic tree (parent of each joint; the root's parent is -1) and joint names.
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 SMPL_JOINT_NAMES = (
@@ -16,6 +13,8 @@ SMPL_JOINT_NAMES = (
     "left_collar", "right_collar", "head", "left_shoulder", "right_shoulder",
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hand", "right_hand",
 )
+NUM_JOINTS = len(SMPL_PARENTS)  # 24
+NUM_POSE_FEATURES = 9 * (NUM_JOINTS - 1)  # 207: (R - I) of the 23 non-root joints
 
 
 @dataclass(frozen=True)

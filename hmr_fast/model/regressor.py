@@ -12,10 +12,10 @@ import math
 import torch
 from torch import nn
 
+from hmr_fast.body.model_data import NUM_JOINTS
 from hmr_fast.rotations import rodrigues, rot6d_to_rotmat
 
 POSE_REPRS = {"axis_angle": 3, "6d": 6}
-NUM_JOINTS = 24
 # s = 0.9 (the body fills most of the crop), no translation, as HMR's mean.
 MEAN_CAMERA = (0.9, 0.0, 0.0)
 
