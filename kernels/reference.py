@@ -74,7 +74,7 @@ def blend_shapes(coeffs, template, blend_dirs):
 
 def rest_joints(betas, J_template, J_shapedirs):
     """Rest joints (B, 24, 3) = J_template + betas @ J_shapedirs: joints are linear in betas."""
-    return J_template + (betas @ J_shapedirs).view(betas.shape[0], -1, 3)
+    return J_template + (betas @ J_shapedirs).view(betas.shape[0], *J_template.shape)
 
 
 def kinematic_chain(rot_mats, joints, parents, levels):
@@ -195,7 +195,7 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights, 
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         step = num  # traced graphs (compile, export) keep a batch-independent shape: one chunk
     else:
-        step = max(1, CHUNK_VERTEX_SAMPLES // batch)
+        step = max(1, CHUNK_VERTEX_SAMPLES // max(batch, 1))
     coeffs = torch.cat([betas, pose_feats], dim=1)
     coeffs = torch.nn.functional.pad(coeffs, (0, blend_dirs.shape[1] - coeffs.shape[1]))  # to the zero rows
     rows = rows_of_transforms(transforms)
@@ -319,7 +319,7 @@ def regress_project(verts, support, regT, selT, rowsum, posed_joints, transl, ca
 def smpl_joints_projected(layer, betas, full_pose, transl, cam, pose2rot: bool, joint_set: str):
     """Twin of hmr_fast.kernels.smpl_joints_projected -> (joints (B, J, 3), keypoints (B, J, 2),
     rot_mats (B, 24, 3, 3)): the joints-only forward and HMR's weak perspective."""
-    B = betas.shape[0]
-    rot = rodrigues(full_pose.reshape(B, -1, 3)) if pose2rot else full_pose.reshape(B, -1, 3, 3)
+    B, NJ = betas.shape[0], layer.J_template.shape[0]
+    rot = rodrigues(full_pose.reshape(B, NJ, 3)) if pose2rot else full_pose.reshape(B, NJ, 3, 3)
     _, joints = smpl_forward(layer, betas, rot, transl, False, joint_set)
     return joints, project_weak_perspective(joints, cam), rot

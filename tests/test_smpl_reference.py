@@ -238,6 +238,48 @@ def test_bad_input_names_the_argument(kwargs, field):
         layer(**kwargs)
 
 
+def test_shape_and_batch_errors_say_exactly_what_was_expected():
+    layer = SMPL(model_path=random_model_data(num_vertices=50), backend="reference", joint_set="smpl24")
+    with pytest.raises(ValueError) as err:
+        layer(betas=torch.zeros(2, 9))
+    assert "must have shape (B, 10) with B=2; got (2, 9)" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        layer(body_pose=torch.zeros(2, 23, 3, 3), pose2rot=False, global_orient=torch.zeros(2, 2, 3, 3))
+    assert "(B, 1, 3, 3) or (B, 9)" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        layer(betas=torch.zeros(2, 10), body_pose=torch.zeros(3, 69), transl=torch.zeros(2, 3))
+    assert "betas 2, body_pose 3, transl 2" in str(err.value)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_an_empty_batch_gives_empty_outputs(backend):
+    if backend == "triton":
+        from hmr_fast.kernels import triton_usable
+
+        usable, why = triton_usable("cpu")
+        if not usable:
+            pytest.skip(why)
+    layer = SMPL(model_path=random_model_data(num_vertices=50), backend=backend, joint_set="smpl24")
+    out = layer(betas=torch.zeros(0, 10), body_pose=torch.zeros(0, 69), global_orient=torch.zeros(0, 3))
+    assert out.vertices.shape == (0, 50, 3) and out.joints.shape == (0, 24, 3) and out.rot_mats.shape == (0, 24, 3, 3)
+    joints, keypoints = layer.joints_projected(torch.zeros(0, 10), torch.zeros(0, 24, 3, 3), torch.zeros(0, 3))
+    assert joints.shape == (0, 24, 3) and keypoints.shape == (0, 24, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_other_float_inputs_are_cast_to_the_layer_dtype(dtype):
+    """Documented in SMPL.forward: the layer computes in its own dtype whatever comes in."""
+    data = random_model_data(num_vertices=50)
+    layer = SMPL(model_path=data, backend="reference", joint_set="smpl24")
+    betas, pose = torch.randn(3, 10) * 0.5, torch.randn(3, 72) * 0.3
+    want = layer(betas=betas.to(dtype).float(), global_orient=pose[:, :3].to(dtype).float(),
+                 body_pose=pose[:, 3:].to(dtype).float())
+    got = layer(betas=betas.to(dtype), global_orient=pose[:, :3].to(dtype), body_pose=pose[:, 3:].to(dtype))
+    assert got.vertices.dtype == torch.float32 and got.joints.dtype == torch.float32
+    torch.testing.assert_close(got.vertices, want.vertices, rtol=0, atol=0)
+    torch.testing.assert_close(got.joints, want.joints, rtol=0, atol=0)
+
+
 def test_joint_set_reading_missing_vertices_is_a_clear_error():
     with pytest.raises(ValueError, match="smplx45.*only 100 vertices"):
         SMPL(model_path=random_model_data(num_vertices=100), backend="reference")

@@ -132,9 +132,12 @@ class SMPL(nn.Module):
         pose2rot=True: global_orient (B, 3), body_pose (B, 69) axis-angle.
         pose2rot=False: global_orient (B, 1, 3, 3) or (B, 9), body_pose (B, 23, 3, 3) or (B, 207).
         betas (B, NB), transl (B, 3). A missing argument is zeros (the rest pose, mean shape).
+        B = 0 gives empty outputs. Inputs of another float dtype (float16, float64) are cast to
+        the layer's dtype, and the outputs come in the layer's dtype: build the layer with
+        dtype=torch.float64 for float64 results.
         """
         joint_set = joint_set or self.default_joint_set
-        B = _batch_size(betas, body_pose, global_orient, transl)
+        B = _batch_size(betas=betas, body_pose=body_pose, global_orient=global_orient, transl=transl)
         ref = self.v_template
         if betas is None:
             betas = ref.new_zeros(B, self.num_betas)
@@ -150,7 +153,7 @@ class SMPL(nn.Module):
             transl = _check("transl", transl, B, (3,), ref)
         self._check_finite(betas=betas, global_orient=global_orient, body_pose=body_pose, transl=transl)
 
-        full_pose = torch.cat([global_orient.reshape(B, -1), body_pose.reshape(B, -1)], dim=1)
+        full_pose = torch.cat([global_orient.flatten(1), body_pose.flatten(1)], dim=1)
         if self._resolve_backend(ref.device) == "triton":
             vertices, joints, rot_mats = kernels.smpl_forward(self, betas, full_pose, transl, pose2rot, return_verts, joint_set)
         else:
@@ -221,11 +224,13 @@ def _load(model_path, gender) -> SMPLModelData:
     return load_model_file(model_path, gender=gender)
 
 
-def _batch_size(*tensors) -> int:
-    sizes = {int(t.shape[0]) for t in tensors if isinstance(t, torch.Tensor) and t.dim() > 0}
-    if len(sizes) > 1:
-        raise ValueError(f"SMPL inputs disagree on the batch size: got batch sizes {sorted(sizes)}")
-    return sizes.pop() if sizes else 1
+def _batch_size(**tensors) -> int:
+    """The batch size the given inputs agree on (1 when none is given)."""
+    sizes = {name: int(t.shape[0]) for name, t in tensors.items() if isinstance(t, torch.Tensor) and t.dim() > 0}
+    if len(set(sizes.values())) > 1:
+        found = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        raise ValueError(f"SMPL inputs disagree on the batch size: {found}")
+    return next(iter(sizes.values()), 1)
 
 
 def _check(name, tensor, batch, per_sample_shape, ref) -> torch.Tensor:
@@ -235,10 +240,10 @@ def _check(name, tensor, batch, per_sample_shape, ref) -> torch.Tensor:
     if not tensor.is_floating_point():
         raise TypeError(f"SMPL input {name!r} must be floating point, got {tensor.dtype}")
     expected = math.prod(per_sample_shape)
-    if tensor.dim() < 1 or tensor.shape[0] != batch or tensor[0].numel() != expected:
-        raise ValueError(
-            f"SMPL input {name!r} must have shape (B, {', '.join(map(str, per_sample_shape))}) "
-            f"or (B, {expected}) with B={batch}; got {tuple(tensor.shape)}")
+    if tensor.dim() < 1 or tensor.shape[0] != batch or math.prod(tensor.shape[1:]) != expected:
+        shapes = [per_sample_shape] + ([(expected,)] if len(per_sample_shape) > 1 else [])
+        allowed = " or ".join("(B, " + ", ".join(map(str, shape)) + ")" for shape in shapes)
+        raise ValueError(f"SMPL input {name!r} must have shape {allowed} with B={batch}; got {tuple(tensor.shape)}")
     if tensor.device != ref.device:
         raise ValueError(f"SMPL input {name!r} is on {tensor.device} but the model is on {ref.device}")
     return tensor.to(ref.dtype)
