@@ -113,6 +113,27 @@ def test_overrides_and_errors_name_the_key():
         load_config(None, ["train.steps"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=-5", "'train.steps' must be >= 1, got -5"),
+    ("train.batch_size=0", "'train.batch_size' must be >= 1, got 0"),
+    ("optim.encoder_lr=-0.001", "'optim.encoder_lr' must be >= 0.0, got -0.001"),
+    ("model.dropout=1.5", "'model.dropout' must be in [0.0, 0.99], got 1.5"),
+    ("data.train=[{weight: -1}]", "'data.train[0].weight' must be >= 0.0, got -1.0"),
+    ("optim.grad_clip=.nan", "'optim.grad_clip' must be a number"),
+])
+def test_out_of_range_numbers_are_refused_naming_the_key_and_range(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_a_packaged_config_is_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("synthetic_smoke") == load_config(CONFIGS / "synthetic_smoke.yaml")
+    with pytest.raises(ConfigError, match="not found .*packaged config: .*synthetic_smoke"):
+        load_config("synthetic_smok")
+
+
 # ---------------------------------------------------------------------------------------
 # Training runs
 # ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ what their setting needs.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,29 @@ CHOICES = {
     "train.amp": ("auto", "bf16", "off"),
 }
 
+# The numbers a key accepts: (lowest, highest), None for no bound; list items as "key[]".
+RANGES = {
+    "model.ief_iters": (1, None), "model.img_size": (32, None), "model.dropout": (0.0, 0.99),
+    "data.train[].weight": (0.0, None), "data.prior_frame_stride": (1, None), "data.num_workers": (0, None),
+    "data.val_max_samples": (1, None),
+    "loss.keypoint_weight": (0.0, None), "loss.joints3d_weight": (0.0, None), "loss.smpl_weight": (0.0, None),
+    "loss.adversarial_weight": (0.0, None),
+    "optim.encoder_lr": (0.0, None), "optim.discriminator_lr": (0.0, None), "optim.encoder_weight_decay": (0.0, None),
+    "optim.discriminator_weight_decay": (0.0, None), "optim.lr_decay_steps[]": (1, None),
+    "optim.lr_decay_gamma": (0.0, None), "optim.grad_clip": (0.0, None),
+    "train.steps": (1, None), "train.batch_size": (1, None), "train.log_every": (1, None),
+    "train.eval_every": (1, None), "train.checkpoint_every": (1, None), "train.adversarial_start": (0, None),
+    "train.time_limit_minutes": (0.0, None), "train.cpu_threads": (0, None),
+}
+
+
+def _check_range(value, key: str):
+    lo, hi = RANGES.get(re.sub(r"\[\d+\]", "[]", key), (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ConfigError(f"config key {key!r} must be {allowed}, got {value!r}")
+    return value
+
 
 def _convert(value, annotation, key: str):
     """value checked/converted to the field's type; errors name the key."""
@@ -134,16 +158,16 @@ def _convert(value, annotation, key: str):
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
-        return value
+        return _check_range(value, key)
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
-        return float(value)
+        return _check_range(float(value), key)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
@@ -194,13 +218,30 @@ def apply_overrides(values: dict, overrides) -> dict:
     return values
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_configs() -> list:
+    """Names of the configs that ship with hmr_fast (training/configs/*.yaml)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name) -> Path:
+    """A config file: a path as given, or the name of a packaged config (`synthetic_smoke`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = CONFIG_DIR / f"{path.name}.yaml" if path.suffix == "" and path.name == str(name) else None
+    if packaged is not None and packaged.is_file():
+        return packaged
+    raise ConfigError(f"config file {name} not found (a path, or a packaged config: {', '.join(packaged_configs())})")
+
+
 def load_config(path=None, overrides=None) -> Config:
     """Config from a YAML file (None: the defaults) with key=value overrides applied."""
     values = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
+        path = resolve_config_path(path)
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a config must be a mapping of sections")

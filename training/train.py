@@ -422,7 +422,8 @@ class Trainer:
 # `hmr-fast train`
 # ---------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", help="YAML config (training/configs/*.yaml); with --resume, the run's own")
+    parser.add_argument("--config", help="a YAML config file, or a packaged config by name (synthetic_smoke, synthetic, "
+                        "hmr_paper); with --resume, the run's own")
     parser.add_argument("--data", required=True, help="data folder the config's relative paths start from")
     parser.add_argument("--out", required=True, help="run folder: checkpoint, metrics, TensorBoard logs")
     parser.add_argument("--steps", type=int, help="total steps (overrides train.steps)")
