@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from ._common import cdiv, empty, interpreting, lane_width, next_pow2
+from .reference import kinematic_tree
 from .rotations import rodrigues, rodrigues_backward
 
 BLOCK_B = 4  # samples per program: one warp per sample, its 32 lanes the joints (gathers are shuffles)
@@ -36,6 +37,130 @@ NUM_WARPS = 4
 
 def block_b() -> int:
     return INTERPRETER_BLOCK_B if interpreting() else BLOCK_B
+
+
+# ----------------------------------------------------------------------------- 3x3 helpers
+# A 3x3 matrix per (sample, joint) travels as nine (BLOCK_B, JP) tiles m00..m22, row-major; a
+# vector as three. Every sum below runs over k = 0, 1, 2 left to right, the order the chain
+# was first written in, so factoring them out left the results bit-identical.
+# (Under the interpreter every call re-patches triton.language, a fraction of a millisecond of
+# Python; the backward's children loop, the innermost, stays written out for that reason.)
+@triton.jit
+def _gather3(x, y, z, idx):
+    """The vector of the lane (joint) that idx names for each lane: a parent's, a child's."""
+    return tl.gather(x, idx, axis=1), tl.gather(y, idx, axis=1), tl.gather(z, idx, axis=1)
+
+
+@triton.jit
+def _gather3x3(m00, m01, m02, m10, m11, m12, m20, m21, m22, idx):
+    """The matrix of the lane (joint) that idx names for each lane."""
+    return (tl.gather(m00, idx, axis=1), tl.gather(m01, idx, axis=1), tl.gather(m02, idx, axis=1),
+            tl.gather(m10, idx, axis=1), tl.gather(m11, idx, axis=1), tl.gather(m12, idx, axis=1),
+            tl.gather(m20, idx, axis=1), tl.gather(m21, idx, axis=1), tl.gather(m22, idx, axis=1))
+
+
+@triton.jit
+def _matmul3x3(a00, a01, a02, a10, a11, a12, a20, a21, a22, b00, b01, b02, b10, b11, b12, b20, b21, b22):
+    """A B."""
+    return (a00 * b00 + a01 * b10 + a02 * b20, a00 * b01 + a01 * b11 + a02 * b21, a00 * b02 + a01 * b12 + a02 * b22,
+            a10 * b00 + a11 * b10 + a12 * b20, a10 * b01 + a11 * b11 + a12 * b21, a10 * b02 + a11 * b12 + a12 * b22,
+            a20 * b00 + a21 * b10 + a22 * b20, a20 * b01 + a21 * b11 + a22 * b21, a20 * b02 + a21 * b12 + a22 * b22)
+
+
+@triton.jit
+def _matmul3x3_tn(a00, a01, a02, a10, a11, a12, a20, a21, a22, b00, b01, b02, b10, b11, b12, b20, b21, b22):
+    """A^T B."""
+    return (a00 * b00 + a10 * b10 + a20 * b20, a00 * b01 + a10 * b11 + a20 * b21, a00 * b02 + a10 * b12 + a20 * b22,
+            a01 * b00 + a11 * b10 + a21 * b20, a01 * b01 + a11 * b11 + a21 * b21, a01 * b02 + a11 * b12 + a21 * b22,
+            a02 * b00 + a12 * b10 + a22 * b20, a02 * b01 + a12 * b11 + a22 * b21, a02 * b02 + a12 * b12 + a22 * b22)
+
+
+@triton.jit
+def _matmul3x3_nt(a00, a01, a02, a10, a11, a12, a20, a21, a22, b00, b01, b02, b10, b11, b12, b20, b21, b22):
+    """A B^T."""
+    return (a00 * b00 + a01 * b01 + a02 * b02, a00 * b10 + a01 * b11 + a02 * b12, a00 * b20 + a01 * b21 + a02 * b22,
+            a10 * b00 + a11 * b01 + a12 * b02, a10 * b10 + a11 * b11 + a12 * b12, a10 * b20 + a11 * b21 + a12 * b22,
+            a20 * b00 + a21 * b01 + a22 * b02, a20 * b10 + a21 * b11 + a22 * b12, a20 * b20 + a21 * b21 + a22 * b22)
+
+
+@triton.jit
+def _matvec3x3(a00, a01, a02, a10, a11, a12, a20, a21, a22, x, y, z):
+    """A v."""
+    return a00 * x + a01 * y + a02 * z, a10 * x + a11 * y + a12 * z, a20 * x + a21 * y + a22 * z
+
+
+@triton.jit
+def _matvec3x3_t(a00, a01, a02, a10, a11, a12, a20, a21, a22, x, y, z):
+    """A^T v."""
+    return a00 * x + a10 * y + a20 * z, a01 * x + a11 * y + a21 * z, a02 * x + a12 * y + a22 * z
+
+
+@triton.jit
+def _affine3x4(a00, a01, a02, a10, a11, a12, a20, a21, a22, tx, ty, tz, x, y, z):
+    """t + A v, with the products added onto t one at a time (not t + (A v): the rounding differs)."""
+    return (tx + a00 * x + a01 * y + a02 * z, ty + a10 * x + a11 * y + a12 * z,
+            tz + a20 * x + a21 * y + a22 * z)
+
+
+@triton.jit
+def _add_outer3(m00, m01, m02, m10, m11, m12, m20, m21, m22, u0, u1, u2, v0, v1, v2):
+    """M + u v^T."""
+    return (m00 + u0 * v0, m01 + u0 * v1, m02 + u0 * v2,
+            m10 + u1 * v0, m11 + u1 * v1, m12 + u1 * v2,
+            m20 + u2 * v0, m21 + u2 * v1, m22 + u2 * v2)
+
+
+@triton.jit
+def _select3(cond, x, y, z, ox, oy, oz):
+    """v where cond holds, the other vector elsewhere."""
+    return tl.where(cond, x, ox), tl.where(cond, y, oy), tl.where(cond, z, oz)
+
+
+@triton.jit
+def _select3x3(cond, a00, a01, a02, a10, a11, a12, a20, a21, a22, b00, b01, b02, b10, b11, b12, b20, b21, b22):
+    """A where cond holds, B elsewhere."""
+    return (tl.where(cond, a00, b00), tl.where(cond, a01, b01), tl.where(cond, a02, b02),
+            tl.where(cond, a10, b10), tl.where(cond, a11, b11), tl.where(cond, a12, b12),
+            tl.where(cond, a20, b20), tl.where(cond, a21, b21), tl.where(cond, a22, b22))
+
+
+@triton.jit
+def _masked3(cond, x, y, z):
+    """v where cond holds, zero elsewhere."""
+    return tl.where(cond, x, 0.0), tl.where(cond, y, 0.0), tl.where(cond, z, 0.0)
+
+
+@triton.jit
+def _masked3x3(cond, m00, m01, m02, m10, m11, m12, m20, m21, m22):
+    """M where cond holds, zero elsewhere."""
+    return (tl.where(cond, m00, 0.0), tl.where(cond, m01, 0.0), tl.where(cond, m02, 0.0),
+            tl.where(cond, m10, 0.0), tl.where(cond, m11, 0.0), tl.where(cond, m12, 0.0),
+            tl.where(cond, m20, 0.0), tl.where(cond, m21, 0.0), tl.where(cond, m22, 0.0))
+
+
+@triton.jit
+def _store3x3(p, m00, m01, m02, m10, m11, m12, m20, m21, m22, mask):
+    """M into the nine consecutive numbers at p (row-major), per lane."""
+    tl.store(p + 0, m00, mask=mask)
+    tl.store(p + 1, m01, mask=mask)
+    tl.store(p + 2, m02, mask=mask)
+    tl.store(p + 3, m10, mask=mask)
+    tl.store(p + 4, m11, mask=mask)
+    tl.store(p + 5, m12, mask=mask)
+    tl.store(p + 6, m20, mask=mask)
+    tl.store(p + 7, m21, mask=mask)
+    tl.store(p + 8, m22, mask=mask)
+
+
+@triton.jit
+def _add_loaded3x3(m00, m01, m02, m10, m11, m12, m20, m21, m22, p, mask):
+    """M plus the row-major 3x3 at p (nothing where masked off)."""
+    return (m00 + tl.load(p + 0, mask=mask, other=0.0), m01 + tl.load(p + 1, mask=mask, other=0.0),
+            m02 + tl.load(p + 2, mask=mask, other=0.0), m10 + tl.load(p + 3, mask=mask, other=0.0),
+            m11 + tl.load(p + 4, mask=mask, other=0.0), m12 + tl.load(p + 5, mask=mask, other=0.0),
+            m20 + tl.load(p + 6, mask=mask, other=0.0), m21 + tl.load(p + 7, mask=mask, other=0.0),
+            m22 + tl.load(p + 8, mask=mask, other=0.0))
+
 
 
 @triton.jit
@@ -81,6 +206,16 @@ def _rest_joints(betas_ptr, jt_ptr, jsd_ptr, rb, mb, rj, mj, NB, NJ: tl.constexp
 
 
 @triton.jit
+def _tree(parent_ptr, depth_ptr, rj, mj, jx, jy, jz, BLOCK_B: tl.constexpr, JP: tl.constexpr):
+    """Each joint's depth, its parent as a gather index along the joint axis, and its bone J_j - J_p."""
+    parent = tl.load(parent_ptr + rj, mask=mj, other=0)
+    depth = tl.load(depth_ptr + rj, mask=mj, other=-1)
+    pidx = tl.broadcast_to(parent[None, :], (BLOCK_B, JP))
+    px, py, pz = _gather3(jx, jy, jz, pidx)
+    return depth, pidx, jx - px, jy - py, jz - pz
+
+
+@triton.jit
 def _forward_chain(r00, r01, r02, r10, r11, r12, r20, r21, r22, jx, jy, jz, pidx, depth,
                    bx, by, bz, NUM_LEVELS: tl.constexpr):
     """Global rotations G (9 tiles) and translations t (3 tiles), level by level."""
@@ -88,30 +223,15 @@ def _forward_chain(r00, r01, r02, r10, r11, r12, r20, r21, r22, jx, jy, jz, pidx
     tx, ty, tz = jx, jy, jz
     for d in range(1, NUM_LEVELS):
         sel = (depth == d)[None, :]
-        p00 = tl.gather(g00, pidx, axis=1)
-        p01 = tl.gather(g01, pidx, axis=1)
-        p02 = tl.gather(g02, pidx, axis=1)
-        p10 = tl.gather(g10, pidx, axis=1)
-        p11 = tl.gather(g11, pidx, axis=1)
-        p12 = tl.gather(g12, pidx, axis=1)
-        p20 = tl.gather(g20, pidx, axis=1)
-        p21 = tl.gather(g21, pidx, axis=1)
-        p22 = tl.gather(g22, pidx, axis=1)
-        ptx = tl.gather(tx, pidx, axis=1)
-        pty = tl.gather(ty, pidx, axis=1)
-        ptz = tl.gather(tz, pidx, axis=1)
-        tx = tl.where(sel, ptx + p00 * bx + p01 * by + p02 * bz, tx)
-        ty = tl.where(sel, pty + p10 * bx + p11 * by + p12 * bz, ty)
-        tz = tl.where(sel, ptz + p20 * bx + p21 * by + p22 * bz, tz)
-        g00 = tl.where(sel, p00 * r00 + p01 * r10 + p02 * r20, g00)
-        g01 = tl.where(sel, p00 * r01 + p01 * r11 + p02 * r21, g01)
-        g02 = tl.where(sel, p00 * r02 + p01 * r12 + p02 * r22, g02)
-        g10 = tl.where(sel, p10 * r00 + p11 * r10 + p12 * r20, g10)
-        g11 = tl.where(sel, p10 * r01 + p11 * r11 + p12 * r21, g11)
-        g12 = tl.where(sel, p10 * r02 + p11 * r12 + p12 * r22, g12)
-        g20 = tl.where(sel, p20 * r00 + p21 * r10 + p22 * r20, g20)
-        g21 = tl.where(sel, p20 * r01 + p21 * r11 + p22 * r21, g21)
-        g22 = tl.where(sel, p20 * r02 + p21 * r12 + p22 * r22, g22)
+        p00, p01, p02, p10, p11, p12, p20, p21, p22 = _gather3x3(g00, g01, g02, g10, g11, g12, g20, g21, g22, pidx)
+        ptx, pty, ptz = _gather3(tx, ty, tz, pidx)
+        # every lane computes; only the level-d joints keep it (their parents are final by now)
+        ntx, nty, ntz = _affine3x4(p00, p01, p02, p10, p11, p12, p20, p21, p22, ptx, pty, ptz, bx, by, bz)
+        n00, n01, n02, n10, n11, n12, n20, n21, n22 = _matmul3x3(
+            p00, p01, p02, p10, p11, p12, p20, p21, p22, r00, r01, r02, r10, r11, r12, r20, r21, r22)
+        tx, ty, tz = _select3(sel, ntx, nty, ntz, tx, ty, tz)
+        g00, g01, g02, g10, g11, g12, g20, g21, g22 = _select3x3(
+            sel, n00, n01, n02, n10, n11, n12, n20, n21, n22, g00, g01, g02, g10, g11, g12, g20, g21, g22)
     return g00, g01, g02, g10, g11, g12, g20, g21, g22, tx, ty, tz
 
 
@@ -130,16 +250,7 @@ def pose_chain_fwd_kernel(
     m2 = mb[:, None] & mj[None, :]
 
     _x, _y, _z, r00, r01, r02, r10, r11, r12, r20, r21, r22 = _load_pose(pose_ptr, rb, rj, m2, NJ, POSE2ROT)
-    rot = rot_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9
-    tl.store(rot + 0, r00, mask=m2)
-    tl.store(rot + 1, r01, mask=m2)
-    tl.store(rot + 2, r02, mask=m2)
-    tl.store(rot + 3, r10, mask=m2)
-    tl.store(rot + 4, r11, mask=m2)
-    tl.store(rot + 5, r12, mask=m2)
-    tl.store(rot + 6, r20, mask=m2)
-    tl.store(rot + 7, r21, mask=m2)
-    tl.store(rot + 8, r22, mask=m2)
+    _store3x3(rot_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9, r00, r01, r02, r10, r11, r12, r20, r21, r22, m2)
 
     # blend coefficients: [betas | R_j - I for j = 1..NJ-1 | zeros up to C_PAD]
     rn = tl.arange(0, NBP)
@@ -147,27 +258,14 @@ def pose_chain_fwd_kernel(
     betas = tl.load(betas_ptr + rb[:, None] * NB + rn[None, :], mask=mbn, other=0.0)
     tl.store(coeffs_ptr + rb[:, None] * C_PAD + rn[None, :], betas, mask=mbn)
     mf = mb[:, None] & ((rj >= 1) & mj)[None, :]
-    feat = coeffs_ptr + rb[:, None] * C_PAD + NB + (rj[None, :] - 1) * 9
-    tl.store(feat + 0, r00 - 1.0, mask=mf)
-    tl.store(feat + 1, r01, mask=mf)
-    tl.store(feat + 2, r02, mask=mf)
-    tl.store(feat + 3, r10, mask=mf)
-    tl.store(feat + 4, r11 - 1.0, mask=mf)
-    tl.store(feat + 5, r12, mask=mf)
-    tl.store(feat + 6, r20, mask=mf)
-    tl.store(feat + 7, r21, mask=mf)
-    tl.store(feat + 8, r22 - 1.0, mask=mf)
+    _store3x3(coeffs_ptr + rb[:, None] * C_PAD + NB + (rj[None, :] - 1) * 9,
+              r00 - 1.0, r01, r02, r10, r11 - 1.0, r12, r20, r21, r22 - 1.0, mf)
     rp = NB + 9 * (NJ - 1) + tl.arange(0, PAD_W)
     mp = mb[:, None] & (rp < C_PAD)[None, :]
     tl.store(coeffs_ptr + rb[:, None] * C_PAD + rp[None, :], tl.zeros((BLOCK_B, PAD_W), dtype=r00.dtype), mask=mp)
 
     jx, jy, jz = _rest_joints(betas_ptr, jt_ptr, jsd_ptr, rb, mb, rj, mj, NB, NJ, BLOCK_B, JP)
-    parent = tl.load(parent_ptr + rj, mask=mj, other=0)
-    depth = tl.load(depth_ptr + rj, mask=mj, other=-1)
-    pidx = tl.broadcast_to(parent[None, :], (BLOCK_B, JP))
-    bx = jx - tl.gather(jx, pidx, axis=1)
-    by = jy - tl.gather(jy, pidx, axis=1)
-    bz = jz - tl.gather(jz, pidx, axis=1)
+    depth, pidx, bx, by, bz = _tree(parent_ptr, depth_ptr, rj, mj, jx, jy, jz, BLOCK_B, JP)
     g00, g01, g02, g10, g11, g12, g20, g21, g22, tx, ty, tz = _forward_chain(
         r00, r01, r02, r10, r11, r12, r20, r21, r22, jx, jy, jz, pidx, depth, bx, by, bz, NUM_LEVELS)
 
@@ -175,19 +273,21 @@ def pose_chain_fwd_kernel(
     tl.store(out + 0, tx, mask=m2)
     tl.store(out + 1, ty, mask=m2)
     tl.store(out + 2, tz, mask=m2)
+    # A_j = [G_j | t_j - G_j J_j]: the rest pose's joint moves to t_j
+    ox, oy, oz = _matvec3x3(g00, g01, g02, g10, g11, g12, g20, g21, g22, jx, jy, jz)
     a = transforms_ptr + rb[:, None] * (NJ * 12) + rj[None, :] * 12
     tl.store(a + 0, g00, mask=m2)
     tl.store(a + 1, g01, mask=m2)
     tl.store(a + 2, g02, mask=m2)
-    tl.store(a + 3, tx - (g00 * jx + g01 * jy + g02 * jz), mask=m2)
+    tl.store(a + 3, tx - ox, mask=m2)
     tl.store(a + 4, g10, mask=m2)
     tl.store(a + 5, g11, mask=m2)
     tl.store(a + 6, g12, mask=m2)
-    tl.store(a + 7, ty - (g10 * jx + g11 * jy + g12 * jz), mask=m2)
+    tl.store(a + 7, ty - oy, mask=m2)
     tl.store(a + 8, g20, mask=m2)
     tl.store(a + 9, g21, mask=m2)
     tl.store(a + 10, g22, mask=m2)
-    tl.store(a + 11, tz - (g20 * jx + g21 * jy + g22 * jz), mask=m2)
+    tl.store(a + 11, tz - oz, mask=m2)
 
 
 @triton.jit
@@ -209,24 +309,11 @@ def pose_chain_bwd_kernel(
     # recompute the forward
     x, y, z, r00, r01, r02, r10, r11, r12, r20, r21, r22 = _load_pose(pose_ptr, rb, rj, m2, NJ, POSE2ROT)
     jx, jy, jz = _rest_joints(betas_ptr, jt_ptr, jsd_ptr, rb, mb, rj, mj, NB, NJ, BLOCK_B, JP)
-    parent = tl.load(parent_ptr + rj, mask=mj, other=0)
-    depth = tl.load(depth_ptr + rj, mask=mj, other=-1)
-    pidx = tl.broadcast_to(parent[None, :], (BLOCK_B, JP))
-    bx = jx - tl.gather(jx, pidx, axis=1)
-    by = jy - tl.gather(jy, pidx, axis=1)
-    bz = jz - tl.gather(jz, pidx, axis=1)
+    depth, pidx, bx, by, bz = _tree(parent_ptr, depth_ptr, rj, mj, jx, jy, jz, BLOCK_B, JP)
     g00, g01, g02, g10, g11, g12, g20, g21, g22, _tx, _ty, _tz = _forward_chain(
         r00, r01, r02, r10, r11, r12, r20, r21, r22, jx, jy, jz, pidx, depth, bx, by, bz, NUM_LEVELS)
     # parents' global rotations
-    p00 = tl.gather(g00, pidx, axis=1)
-    p01 = tl.gather(g01, pidx, axis=1)
-    p02 = tl.gather(g02, pidx, axis=1)
-    p10 = tl.gather(g10, pidx, axis=1)
-    p11 = tl.gather(g11, pidx, axis=1)
-    p12 = tl.gather(g12, pidx, axis=1)
-    p20 = tl.gather(g20, pidx, axis=1)
-    p21 = tl.gather(g21, pidx, axis=1)
-    p22 = tl.gather(g22, pidx, axis=1)
+    p00, p01, p02, p10, p11, p12, p20, p21, p22 = _gather3x3(g00, g01, g02, g10, g11, g12, g20, g21, g22, pidx)
 
     zero = tl.zeros((BLOCK_B, JP), dtype=r00.dtype)
     # gradients reaching G_j, t_j and J_j from the transforms A_j = [G_j | t_j - G_j J_j]
@@ -244,9 +331,8 @@ def pose_chain_bwd_kernel(
         q20 = tl.load(ga + 8, mask=m2, other=0.0) - o2 * jx
         q21 = tl.load(ga + 9, mask=m2, other=0.0) - o2 * jy
         q22 = tl.load(ga + 10, mask=m2, other=0.0) - o2 * jz
-        gjx = -(g00 * o0 + g10 * o1 + g20 * o2)
-        gjy = -(g01 * o0 + g11 * o1 + g21 * o2)
-        gjz = -(g02 * o0 + g12 * o1 + g22 * o2)
+        gjx, gjy, gjz = _matvec3x3_t(g00, g01, g02, g10, g11, g12, g20, g21, g22, o0, o1, o2)
+        gjx, gjy, gjz = -gjx, -gjy, -gjz
     else:
         o0, o1, o2 = zero, zero, zero
         q00, q01, q02, q10, q11, q12, q20, q21, q22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
@@ -263,36 +349,25 @@ def pose_chain_bwd_kernel(
     # the chain in reverse level order: q = dL/dG, u = dL/dt, s = dL/dR (local)
     for i in range(NUM_LEVELS - 1):
         sel = (depth == (NUM_LEVELS - 1 - i))[None, :]
-        s00 = tl.where(sel, p00 * q00 + p10 * q10 + p20 * q20, s00)
-        s01 = tl.where(sel, p00 * q01 + p10 * q11 + p20 * q21, s01)
-        s02 = tl.where(sel, p00 * q02 + p10 * q12 + p20 * q22, s02)
-        s10 = tl.where(sel, p01 * q00 + p11 * q10 + p21 * q20, s10)
-        s11 = tl.where(sel, p01 * q01 + p11 * q11 + p21 * q21, s11)
-        s12 = tl.where(sel, p01 * q02 + p11 * q12 + p21 * q22, s12)
-        s20 = tl.where(sel, p02 * q00 + p12 * q10 + p22 * q20, s20)
-        s21 = tl.where(sel, p02 * q01 + p12 * q11 + p22 * q21, s21)
-        s22 = tl.where(sel, p02 * q02 + p12 * q12 + p22 * q22, s22)
+        # G_j = G_p R_j: dL/dR_j = G_p^T dL/dG_j
+        n00, n01, n02, n10, n11, n12, n20, n21, n22 = _matmul3x3_tn(
+            p00, p01, p02, p10, p11, p12, p20, p21, p22, q00, q01, q02, q10, q11, q12, q20, q21, q22)
+        s00, s01, s02, s10, s11, s12, s20, s21, s22 = _select3x3(
+            sel, n00, n01, n02, n10, n11, n12, n20, n21, n22, s00, s01, s02, s10, s11, s12, s20, s21, s22)
         # what the level-d joints send their parents: dL/dG_p += q R^T + u bone^T, dL/dt_p += u
-        c00 = tl.where(sel, q00 * r00 + q01 * r01 + q02 * r02 + u0 * bx, 0.0)
-        c01 = tl.where(sel, q00 * r10 + q01 * r11 + q02 * r12 + u0 * by, 0.0)
-        c02 = tl.where(sel, q00 * r20 + q01 * r21 + q02 * r22 + u0 * bz, 0.0)
-        c10 = tl.where(sel, q10 * r00 + q11 * r01 + q12 * r02 + u1 * bx, 0.0)
-        c11 = tl.where(sel, q10 * r10 + q11 * r11 + q12 * r12 + u1 * by, 0.0)
-        c12 = tl.where(sel, q10 * r20 + q11 * r21 + q12 * r22 + u1 * bz, 0.0)
-        c20 = tl.where(sel, q20 * r00 + q21 * r01 + q22 * r02 + u2 * bx, 0.0)
-        c21 = tl.where(sel, q20 * r10 + q21 * r11 + q22 * r12 + u2 * by, 0.0)
-        c22 = tl.where(sel, q20 * r20 + q21 * r21 + q22 * r22 + u2 * bz, 0.0)
-        cu0 = tl.where(sel, u0, 0.0)
-        cu1 = tl.where(sel, u1, 0.0)
-        cu2 = tl.where(sel, u2, 0.0)
+        c00, c01, c02, c10, c11, c12, c20, c21, c22 = _matmul3x3_nt(
+            q00, q01, q02, q10, q11, q12, q20, q21, q22, r00, r01, r02, r10, r11, r12, r20, r21, r22)
+        c00, c01, c02, c10, c11, c12, c20, c21, c22 = _add_outer3(
+            c00, c01, c02, c10, c11, c12, c20, c21, c22, u0, u1, u2, bx, by, bz)
+        c00, c01, c02, c10, c11, c12, c20, c21, c22 = _masked3x3(sel, c00, c01, c02, c10, c11, c12, c20, c21, c22)
+        cu0, cu1, cu2 = _masked3(sel, u0, u1, u2)
         # bone_j = J_j - J_p: dL/dJ_j += G_p^T u, dL/dJ_p -= G_p^T u
-        w0 = tl.where(sel, p00 * u0 + p10 * u1 + p20 * u2, 0.0)
-        w1 = tl.where(sel, p01 * u0 + p11 * u1 + p21 * u2, 0.0)
-        w2 = tl.where(sel, p02 * u0 + p12 * u1 + p22 * u2, 0.0)
+        w0, w1, w2 = _matvec3x3_t(p00, p01, p02, p10, p11, p12, p20, p21, p22, u0, u1, u2)
+        w0, w1, w2 = _masked3(sel, w0, w1, w2)
         gjx += w0
         gjy += w1
         gjz += w2
-        for s in range(MAXC):  # each joint's child in slot s sends it c (written out: no helper call)
+        for s in range(MAXC):  # each joint's child in slot s sends it c (innermost loop: see the 3x3 helpers)
             child = tl.load(children_ptr + rj * MAXC + s, mask=mj, other=-1)
             has = (child >= 0)[None, :]
             cidx = tl.broadcast_to(tl.where(child >= 0, child, 0)[None, :], (BLOCK_B, JP))
@@ -313,43 +388,21 @@ def pose_chain_bwd_kernel(
             gjz -= tl.where(has, tl.gather(w2, cidx, axis=1), 0.0)
     # the root: G_0 = R_0, t_0 = J_0
     root = (depth == 0)[None, :]
-    s00 = tl.where(root, q00, s00)
-    s01 = tl.where(root, q01, s01)
-    s02 = tl.where(root, q02, s02)
-    s10 = tl.where(root, q10, s10)
-    s11 = tl.where(root, q11, s11)
-    s12 = tl.where(root, q12, s12)
-    s20 = tl.where(root, q20, s20)
-    s21 = tl.where(root, q21, s21)
-    s22 = tl.where(root, q22, s22)
+    s00, s01, s02, s10, s11, s12, s20, s21, s22 = _select3x3(
+        root, q00, q01, q02, q10, q11, q12, q20, q21, q22, s00, s01, s02, s10, s11, s12, s20, s21, s22)
     gjx += tl.where(root, u0, 0.0)
     gjy += tl.where(root, u1, 0.0)
     gjz += tl.where(root, u2, 0.0)
 
     # plus the gradients of the returned rotations and of the pose features (R_j - I)
     if HAS_G_ROT:
-        gr = g_rot_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9
-        s00 += tl.load(gr + 0, mask=m2, other=0.0)
-        s01 += tl.load(gr + 1, mask=m2, other=0.0)
-        s02 += tl.load(gr + 2, mask=m2, other=0.0)
-        s10 += tl.load(gr + 3, mask=m2, other=0.0)
-        s11 += tl.load(gr + 4, mask=m2, other=0.0)
-        s12 += tl.load(gr + 5, mask=m2, other=0.0)
-        s20 += tl.load(gr + 6, mask=m2, other=0.0)
-        s21 += tl.load(gr + 7, mask=m2, other=0.0)
-        s22 += tl.load(gr + 8, mask=m2, other=0.0)
+        s00, s01, s02, s10, s11, s12, s20, s21, s22 = _add_loaded3x3(
+            s00, s01, s02, s10, s11, s12, s20, s21, s22, g_rot_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9, m2)
     if HAS_G_COEFFS:
         mf = mb[:, None] & ((rj >= 1) & mj)[None, :]
-        gf = g_coeffs_ptr + rb[:, None] * C_PAD + NB + (rj[None, :] - 1) * 9
-        s00 += tl.load(gf + 0, mask=mf, other=0.0)
-        s01 += tl.load(gf + 1, mask=mf, other=0.0)
-        s02 += tl.load(gf + 2, mask=mf, other=0.0)
-        s10 += tl.load(gf + 3, mask=mf, other=0.0)
-        s11 += tl.load(gf + 4, mask=mf, other=0.0)
-        s12 += tl.load(gf + 5, mask=mf, other=0.0)
-        s20 += tl.load(gf + 6, mask=mf, other=0.0)
-        s21 += tl.load(gf + 7, mask=mf, other=0.0)
-        s22 += tl.load(gf + 8, mask=mf, other=0.0)
+        s00, s01, s02, s10, s11, s12, s20, s21, s22 = _add_loaded3x3(
+            s00, s01, s02, s10, s11, s12, s20, s21, s22,
+            g_coeffs_ptr + rb[:, None] * C_PAD + NB + (rj[None, :] - 1) * 9, mf)
 
     if POSE2ROT:
         gx, gy, gz = rodrigues_backward(x, y, z, s00, s01, s02, s10, s11, s12, s20, s21, s22)
@@ -358,16 +411,8 @@ def pose_chain_bwd_kernel(
         tl.store(gp + 1, gy, mask=m2)
         tl.store(gp + 2, gz, mask=m2)
     else:
-        gp = g_pose_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9
-        tl.store(gp + 0, s00, mask=m2)
-        tl.store(gp + 1, s01, mask=m2)
-        tl.store(gp + 2, s02, mask=m2)
-        tl.store(gp + 3, s10, mask=m2)
-        tl.store(gp + 4, s11, mask=m2)
-        tl.store(gp + 5, s12, mask=m2)
-        tl.store(gp + 6, s20, mask=m2)
-        tl.store(gp + 7, s21, mask=m2)
-        tl.store(gp + 8, s22, mask=m2)
+        _store3x3(g_pose_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9,
+                  s00, s01, s02, s10, s11, s12, s20, s21, s22, m2)
 
     # dL/dbetas = dL/dJ . J_shapedirs (+ the betas' own blend-shape coefficients)
     gjx = tl.where(m2, gjx, 0.0)
@@ -385,19 +430,14 @@ def pose_chain_bwd_kernel(
 
 # ----------------------------------------------------------------------------- launchers
 def tree_tables(parents, device) -> dict:
-    """Depth of each joint, its children (padded with -1) and the number of levels."""
-    parents = [int(p) for p in parents]
-    depth = [0] * len(parents)
-    for j in range(1, len(parents)):  # SMPL-format trees list parents before children
-        if not 0 <= parents[j] < j:
-            raise ValueError(f"kinematic tree must list parents before children; parent of {j} is {parents[j]}")
-        depth[j] = depth[parents[j]] + 1
-    children = [[c for c in range(len(parents)) if c > 0 and parents[c] == p] for p in range(len(parents))]
-    maxc = max(1, max(len(c) for c in children))
-    table = [c + [-1] * (maxc - len(c)) for c in children]
+    """The tree as the kernels read it: parents (the root's stored as 0), depth, children
+    (padded with -1) as int32 tensors, and the number of levels."""
+    tree = kinematic_tree(parents)
+    maxc = max(1, max(len(c) for c in tree.children))
+    table = [list(c) + [-1] * (maxc - len(c)) for c in tree.children]
     as_i32 = lambda a: torch.tensor(a, dtype=torch.int32, device=device)  # noqa: E731
-    return dict(parents=as_i32([max(p, 0) for p in parents]), depth=as_i32(depth),
-                children=as_i32(table), num_levels=max(depth) + 1)
+    return dict(parents=as_i32([max(p, 0) for p in tree.parents]), depth=as_i32(tree.depth),
+                children=as_i32(table), num_levels=len(tree.levels))
 
 
 def pad_width(num_betas: int, num_joints: int, c_pad: int) -> int:

@@ -15,7 +15,7 @@ before compiling): building it reads the model on the host.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -57,6 +57,31 @@ class Prepared:
     @property
     def c_pad(self) -> int:
         return self.mesh.c_pad
+
+
+class MeshArgs(NamedTuple):
+    """The mesh side of one `hmr_fast::blend_skin` call: the op's parameters after
+    (coeffs, transforms, transl), under the op's names and in its order (checked below)."""
+    template_planes: torch.Tensor
+    dirs_planes: torch.Tensor  # the copy the GEMM precision reads (bfloat16 for "bf16")
+    skin_indices: torch.Tensor
+    skin_weights: torch.Tensor
+    weights_dense: torch.Tensor
+    chunk_list: torch.Tensor
+    chunk_count: torch.Tensor
+    chunk_mask: torch.Tensor
+    num_vertices: int
+    sparse: bool
+    precision: str
+
+    def op_args(self) -> tuple:
+        """The op's arguments after (coeffs, transforms, transl): torch.library ops take them flat."""
+        return tuple(self)
+
+
+# op_args() relies on the field order: fail at import, not with a mismatched call, if the op changes
+assert MeshArgs._fields == tuple(a.name for a in torch.ops.hmr_fast.blend_skin.default._schema.arguments)[3:], \
+    "MeshArgs must list hmr_fast::blend_skin's parameters after (coeffs, transforms, transl), in order"
 
 
 def _buffers(layer):
@@ -150,9 +175,13 @@ class _Direct:
         return pose_chain_launch(*args)
 
     @staticmethod
-    def blend_skin(*args):
-        (coeffs, transforms, transl, tmpl, planes, sidx, sw, _wd, clist, ccount, _cmask, n, sparse, prec) = args
-        return blend_skin_launch(coeffs, transforms, transl, tmpl, planes, sidx, sw, clist, ccount, n, sparse, prec)
+    def blend_skin(coeffs, transforms, transl, mesh_args: MeshArgs):
+        # the forward reads neither weights_dense nor chunk_mask (the backward's)
+        return blend_skin_launch(
+            coeffs, transforms, transl, template_planes=mesh_args.template_planes,
+            dirs_planes=mesh_args.dirs_planes, skin_indices=mesh_args.skin_indices,
+            skin_weights=mesh_args.skin_weights, chunk_list=mesh_args.chunk_list, chunk_count=mesh_args.chunk_count,
+            num_vertices=mesh_args.num_vertices, sparse=mesh_args.sparse, precision=mesh_args.precision)
 
     @staticmethod
     def regress_project(*args):
@@ -167,8 +196,8 @@ class _Ops:
         return torch.ops.hmr_fast.pose_chain(*args)
 
     @staticmethod
-    def blend_skin(*args):
-        return torch.ops.hmr_fast.blend_skin(*args)
+    def blend_skin(coeffs, transforms, transl, mesh_args: MeshArgs):
+        return torch.ops.hmr_fast.blend_skin(coeffs, transforms, transl, *mesh_args.op_args())
 
     @staticmethod
     def regress_project(*args):
@@ -183,9 +212,11 @@ def _dispatch(*tensors):
     return _Direct
 
 
-def _mesh_args(mesh: SkinMesh, precision: str):
-    return (mesh.template_planes, mesh.planes(precision), mesh.skin_indices, mesh.skin_weights, mesh.weights_dense,
-            mesh.chunk_list, mesh.chunk_count, mesh.chunk_mask, mesh.num_vertices, mesh.sparse, precision)
+def _mesh_args(mesh: SkinMesh, precision: str) -> MeshArgs:
+    return MeshArgs(template_planes=mesh.template_planes, dirs_planes=mesh.planes(precision),
+                    skin_indices=mesh.skin_indices, skin_weights=mesh.skin_weights, weights_dense=mesh.weights_dense,
+                    chunk_list=mesh.chunk_list, chunk_count=mesh.chunk_count, chunk_mask=mesh.chunk_mask,
+                    num_vertices=mesh.num_vertices, sparse=mesh.sparse, precision=precision)
 
 
 def _chain(ops, prep: Prepared, betas, full_pose, pose2rot):
@@ -196,7 +227,7 @@ def _chain(ops, prep: Prepared, betas, full_pose, pose2rot):
 def _support_vertices(ops, plan: JointSetPlan, coeffs, transforms, precision):
     if plan.mesh is None:
         return coeffs.new_zeros((coeffs.shape[0], 0, 3))
-    return ops.blend_skin(coeffs, transforms, None, *_mesh_args(plan.mesh, precision))
+    return ops.blend_skin(coeffs, transforms, None, _mesh_args(plan.mesh, precision))
 
 
 def smpl_forward(layer, betas, full_pose, transl, pose2rot, return_verts, joint_set):
@@ -208,7 +239,7 @@ def smpl_forward(layer, betas, full_pose, transl, pose2rot, return_verts, joint_
     ops = _dispatch(betas, full_pose, transl)
     rot, coeffs, posed, transforms = _chain(ops, prep, betas, full_pose, pose2rot)
     if return_verts:
-        vertices = ops.blend_skin(coeffs, transforms, transl, *_mesh_args(prep.mesh, precision))
+        vertices = ops.blend_skin(coeffs, transforms, transl, _mesh_args(prep.mesh, precision))
         joints, _ = ops.regress_project(vertices, plan.support, plan.regT, plan.selT, plan.rowsum, posed, transl,
                                         None, plan.num_joints, True)
     else:

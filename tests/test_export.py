@@ -105,7 +105,9 @@ def test_plugin_graph_nodes(plugin_onnx_path):
     # the SMPL of the plugin graph is only these nodes: no plain-ONNX skinning left
     assert "vertices" in nodes[1].output and set(nodes[2].output) == {"joints3d", "keypoints2d"}
     inits = {t.name: t for t in model.graph.initializer}
-    assert list(inits["dirs_planes"].dims)[0] == 3 and inits["parents"].data_type == onnx.TensorProto.INT32
+    parents, dirs_planes = nodes[0].input[4], nodes[1].input[3]  # wired by position (TensorRT reads them so)
+    assert list(inits[dirs_planes].dims)[0] == 3 and inits[parents].data_type == onnx.TensorProto.INT32
+    assert list(inits[parents].dims) == [24]
 
 
 def test_plugin_graph_emulated_matches_plain_onnx(plugin_onnx_path, onnx_path):
