@@ -1,13 +1,21 @@
 """`hmr-fast <command>`: one table of commands; each lives in the module of its feature.
 
 Every command module exposes `add_arguments(parser)` and `run(args) -> int`, and is
-imported only when its command runs, so `hmr-fast info` stays quick.
+imported only when its command runs, so `hmr-fast info` stays quick. Errors in what the user
+gave (hmr_fast.errors.HmrFastError, a missing or existing file) print as one line,
+`hmr-fast COMMAND: message`, and exit 2; `--debug` (or HMR_FAST_DEBUG=1) shows their
+traceback as well. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from hmr_fast.errors import HmrFastError
+
+USER_ERRORS = (HmrFastError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
 
 COMMANDS = {
     # name: (module, one-line help)
@@ -46,8 +54,16 @@ def main(argv=None) -> int:
     module = importlib.import_module(commands[name][0])
     command_parser = argparse.ArgumentParser(prog=f"hmr-fast {name}", description=commands[name][1])
     module.add_arguments(command_parser)
+    command_parser.add_argument("--debug", action="store_true",
+                                help="show the traceback of an error, not just its one-line message")
     args = command_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except USER_ERRORS as exc:
+        if args.debug or os.environ.get("HMR_FAST_DEBUG") == "1":
+            raise
+        print(f"hmr-fast {name}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

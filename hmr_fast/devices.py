@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from hmr_fast.errors import DeviceError
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -15,7 +17,7 @@ def resolve_device(device=None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} was asked for, but torch sees no CUDA device here")
+        raise DeviceError(f"device {device} was asked for, but torch sees no CUDA device here")
     return device
 
 

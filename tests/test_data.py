@@ -18,7 +18,7 @@ from hmr_fast.data.loader import MixedDataset, ResumableBatchSampler, collate, m
 from hmr_fast.data.pose_sampler import (CENTRE_LIMITS, SIDE_LIMITS, parameters_to_rotmats, sample_parameters,
                                         sample_poses)
 from hmr_fast.data.prior import PosePrior
-from hmr_fast.data.spin_npz import DatasetFormatError, SpinDataset
+from hmr_fast.data.spin_npz import DataError, SpinDataset
 from hmr_fast.data.synth import synthesize
 
 
@@ -161,21 +161,21 @@ def test_augmentation_is_a_function_of_the_key(tmp_path):
 
 def test_npz_missing_key_fails_at_start_naming_it(tmp_path):
     np.savez(tmp_path / "bad.npz", imgname=np.array(["a.jpg"]), center=np.zeros((1, 2)), scale=np.ones(1))
-    with pytest.raises(DatasetFormatError, match="'part'"):
+    with pytest.raises(DataError, match="'part'"):
         SpinDataset(tmp_path / "bad.npz", tmp_path)
 
 
 def test_npz_wrong_shape_names_the_key(tmp_path):
     np.savez(tmp_path / "bad.npz", imgname=np.array(["a.jpg"]), center=np.zeros((1, 2)), scale=np.ones(1),
              part=np.zeros((1, 14, 3)))
-    with pytest.raises(DatasetFormatError, match="'part'.*\\(1, 24, 3\\)"):
+    with pytest.raises(DataError, match="'part'.*\\(1, 24, 3\\)"):
         SpinDataset(tmp_path / "bad.npz", tmp_path)
 
 
 def test_npz_pose_without_shape_names_the_key(tmp_path):
     np.savez(tmp_path / "bad.npz", imgname=np.array(["a.jpg"]), center=np.zeros((1, 2)), scale=np.ones(1),
              part=np.zeros((1, 24, 3)), pose=np.zeros((1, 72)))
-    with pytest.raises(DatasetFormatError, match="'shape'"):
+    with pytest.raises(DataError, match="'shape'"):
         SpinDataset(tmp_path / "bad.npz", tmp_path)
 
 
@@ -214,7 +214,7 @@ def test_coco_maps_to_hmr19(tmp_path):
 
 def test_coco_missing_key_is_named(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"images": [], "annotations": [{"image_id": 1, "bbox": [0, 0, 1, 1]}]}))
-    with pytest.raises(DatasetFormatError, match="'keypoints'"):
+    with pytest.raises(DataError, match="'keypoints'"):
         CocoDataset(tmp_path / "c.json", tmp_path)
 
 
@@ -231,7 +231,7 @@ def test_prior_reads_amass_and_plain_npz(tmp_path):
     np.testing.assert_allclose(prior.betas[0].numpy(), np.arange(10.0))
     pose, betas = prior.sample(4, torch.Generator().manual_seed(0))
     assert pose.shape == (4, 72) and betas.shape == (4, 10)
-    with pytest.raises(DatasetFormatError, match="'poses'"):
+    with pytest.raises(DataError, match="'poses'"):
         PosePrior(tmp_path / "shape.npz")
 
 

@@ -9,7 +9,7 @@ import torch
 
 from hmr_fast import cli
 from hmr_fast.rotations import rodrigues
-from hmr_fast.data.spin_npz import DatasetFormatError
+from hmr_fast.data.spin_npz import DataError
 from hmr_fast.data.synth import synthesize
 from hmr_fast.training import losses
 from hmr_fast.training.config import ConfigError, config_to_dict, load_config
@@ -226,7 +226,7 @@ def test_npz_with_missing_key_fails_before_training(synth_dir, tmp_path):
     arrays = dict(np.load(data / "train.npz"))
     del arrays["part"]
     np.savez(data / "train.npz", **arrays)
-    with pytest.raises(DatasetFormatError, match="'part'"):
+    with pytest.raises(DataError, match="'part'"):
         _train(data, tmp_path / "run", steps=2)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 

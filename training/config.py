@@ -18,9 +18,10 @@ from typing import List, Optional
 import yaml
 
 from hmr_fast.data.dataset import AugmentSettings as AugmentConfig  # one definition of the defaults
+from hmr_fast.errors import HmrFastError
 
 
-class ConfigError(ValueError):
+class ConfigError(HmrFastError, ValueError):
     """A config that cannot be used; the message names the key."""
 
 

@@ -68,10 +68,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="a folder (reads its val.npz), a SPIN-style npz or a COCO json")
     parser.add_argument("--split", default="val.npz", help="the file read when --data is a folder")
     parser.add_argument("--images", help="image root (default: the folder of --data)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes (0: in this process)")
     parser.add_argument("--max-samples", type=int, default=0, help="evaluate only the first N (0 = all)")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
 
 

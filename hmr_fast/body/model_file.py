@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hmr_fast.errors import HmrFastError
+
 from .model_data import NUM_JOINTS, NUM_POSE_FEATURES, SMPLModelData
 
 GENDERS = ("neutral", "male", "female")
@@ -39,7 +41,7 @@ _NEGATIVE_WEIGHT_TOLERANCE = 1e-6
 _MAX_EXPRESSION_DEPTH = 32
 
 
-class ModelFileError(ValueError):
+class ModelFileError(HmrFastError, ValueError):
     """A model file that cannot be read, or model arrays that are not a valid SMPL model."""
 
 

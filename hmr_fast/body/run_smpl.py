@@ -19,11 +19,13 @@ from .smpl import SMPL
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default=None, help="SMPL .pkl/.npz or smplx-layout folder (default: the mannequin)")
-    parser.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "reference", "triton"])
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--gender", default="neutral", choices=["neutral", "male", "female"],
+                        help="which model file of a folder in smplx's layout (default neutral)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "reference", "triton"],
+                        help="SMPL backend: auto = the Triton kernels on CUDA, the reference elsewhere")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="default: cuda when available")
     parser.add_argument("--batch", type=int, default=64, help="bodies per forward (timed)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random poses and shapes")
     parser.add_argument("--out", default="smpl_out", help="output folder for body.obj and joints.npy")
 
 

@@ -8,9 +8,11 @@
 - pose_sampler.sample_poses: human poses (activities, joint limits, correlated joints)
 - synth: `hmr-fast synth`, rendered mannequin training sets
 """
+from hmr_fast.errors import DataError
+
 from .coco import CocoDataset
 from .dataset import AugmentSettings, PersonCropDataset
 from .prior import PosePrior
-from .spin_npz import DatasetFormatError, SpinDataset
+from .spin_npz import SpinDataset
 
-__all__ = ["SpinDataset", "CocoDataset", "PosePrior", "PersonCropDataset", "AugmentSettings", "DatasetFormatError"]
+__all__ = ["SpinDataset", "CocoDataset", "PosePrior", "PersonCropDataset", "AugmentSettings", "DataError"]

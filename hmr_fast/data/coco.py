@@ -11,9 +11,10 @@ import os
 
 import numpy as np
 
+from hmr_fast.errors import DataError
+
 from .dataset import AugmentSettings, CropRecord, PersonCropDataset
 from .keypoints import coco17_to_hmr19
-from .spin_npz import DatasetFormatError
 
 BOX_PADDING = 1.2
 
@@ -22,33 +23,33 @@ def load_coco_annotations(path, min_keypoints: int = 6) -> list:
     """[(file_name, center (2,), box side, keypoints (19, 3))] from a COCO keypoints json."""
     path = str(path)
     if not os.path.isfile(path):
-        raise DatasetFormatError(f"{path}: COCO annotation file not found")
+        raise DataError(f"{path}: COCO annotation file not found")
     with open(path) as f:
         coco = json.load(f)
     for key in ("images", "annotations"):
         if key not in coco:
-            raise DatasetFormatError(f"{path}: missing key {key!r} (not a COCO keypoints json?)")
+            raise DataError(f"{path}: missing key {key!r} (not a COCO keypoints json?)")
     files = {}
     for image in coco["images"]:
         if "id" not in image or "file_name" not in image:
-            raise DatasetFormatError(f"{path}: an entry of 'images' lacks 'id' or 'file_name'")
+            raise DataError(f"{path}: an entry of 'images' lacks 'id' or 'file_name'")
         files[image["id"]] = image["file_name"]
     samples = []
     for i, ann in enumerate(coco["annotations"]):
         for key in ("image_id", "keypoints", "bbox"):
             if key not in ann:
-                raise DatasetFormatError(f"{path}: annotations[{i}] is missing key {key!r}")
+                raise DataError(f"{path}: annotations[{i}] is missing key {key!r}")
         if ann.get("iscrowd", 0):
             continue
         keypoints = np.asarray(ann["keypoints"], dtype=np.float64)
         if keypoints.shape != (51,):
-            raise DatasetFormatError(f"{path}: annotations[{i}]['keypoints'] must have 17 x 3 = 51 "
+            raise DataError(f"{path}: annotations[{i}]['keypoints'] must have 17 x 3 = 51 "
                                      f"numbers, got {keypoints.size}")
         keypoints = keypoints.reshape(17, 3)
         if int((keypoints[:, 2] > 0).sum()) < min_keypoints:
             continue
         if ann["image_id"] not in files:
-            raise DatasetFormatError(f"{path}: annotations[{i}] refers to image_id {ann['image_id']} "
+            raise DataError(f"{path}: annotations[{i}] refers to image_id {ann['image_id']} "
                                      "which 'images' does not list")
         x, y, w, h = (float(v) for v in ann["bbox"])
         if w <= 0 or h <= 0:
@@ -66,7 +67,7 @@ class CocoDataset(PersonCropDataset):
         self.image_root = str(image_root)
         self.samples = load_coco_annotations(json_path, min_keypoints)
         if not self.samples:
-            raise DatasetFormatError(f"{json_path}: no person has >= {min_keypoints} labelled keypoints")
+            raise DataError(f"{json_path}: no person has >= {min_keypoints} labelled keypoints")
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .spin_npz import DatasetFormatError
+from hmr_fast.errors import DataError
 
 log = logging.getLogger(__name__)
 NUM_BETAS = 10
@@ -30,21 +30,21 @@ def _read_prior_file(path: Path, frame_stride: int):
         if "poses" in keys:
             poses = f["poses"]
             if poses.ndim != 2 or poses.shape[1] < 66:
-                raise DatasetFormatError(f"{path}: key 'poses' must be (T, >=66) (AMASS SMPL-H is (T, 156)), "
+                raise DataError(f"{path}: key 'poses' must be (T, >=66) (AMASS SMPL-H is (T, 156)), "
                                          f"got {poses.shape}")
             body = np.zeros((len(poses), 72))
             width = 72 if poses.shape[1] == 72 else 66
             body[:, :width] = poses[:, :width]
             if "betas" not in keys:
-                raise DatasetFormatError(f"{path}: AMASS file is missing key 'betas'")
+                raise DataError(f"{path}: AMASS file is missing key 'betas'")
             betas = f["betas"]
         elif "pose" in keys:
             body = f["pose"]
             if body.ndim != 2 or body.shape[1] != 72:
-                raise DatasetFormatError(f"{path}: key 'pose' must be (N, 72), got {body.shape}")
+                raise DataError(f"{path}: key 'pose' must be (N, 72), got {body.shape}")
             shape_key = "shape" if "shape" in keys else "betas" if "betas" in keys else None
             if shape_key is None:
-                raise DatasetFormatError(f"{path}: has 'pose' but is missing key 'shape' (or 'betas')")
+                raise DataError(f"{path}: has 'pose' but is missing key 'shape' (or 'betas')")
             betas = f[shape_key]
         else:
             return None
@@ -52,7 +52,7 @@ def _read_prior_file(path: Path, frame_stride: int):
     if betas.ndim == 1:
         betas = np.broadcast_to(betas, (len(body), betas.shape[0]))
     if betas.ndim != 2 or betas.shape[0] != len(body) or betas.shape[1] < NUM_BETAS:
-        raise DatasetFormatError(f"{path}: betas must be (>={NUM_BETAS},) or (T, >={NUM_BETAS}) with "
+        raise DataError(f"{path}: betas must be (>={NUM_BETAS},) or (T, >={NUM_BETAS}) with "
                                  f"T={len(body)}, got {betas.shape}")
     stride = frame_stride if "poses" in keys else 1  # only mocap sequences are subsampled
     return body[::stride], betas[::stride, :NUM_BETAS]
@@ -67,7 +67,7 @@ def _files(paths) -> list:
         elif p.is_file():
             out.append((p, False))
         else:
-            raise DatasetFormatError(f"{p}: prior file or folder not found")
+            raise DataError(f"{p}: prior file or folder not found")
     return out
 
 
@@ -80,18 +80,18 @@ class PosePrior:
             got = _read_prior_file(path, max(1, int(frame_stride)))
             if got is None:
                 if not in_folder:
-                    raise DatasetFormatError(f"{path}: missing key 'poses' (AMASS) or 'pose' + 'shape' "
+                    raise DataError(f"{path}: missing key 'poses' (AMASS) or 'pose' + 'shape' "
                                              "(plain SMPL npz)")
                 log.info("prior: %s has no poses, skipped", path)
                 continue
             poses.append(got[0])
             betas.append(got[1])
         if not poses:
-            raise DatasetFormatError(f"prior {paths}: no file with poses found")
+            raise DataError(f"prior {paths}: no file with poses found")
         self.poses = torch.as_tensor(np.concatenate(poses), dtype=torch.float32)
         self.betas = torch.as_tensor(np.concatenate(betas), dtype=torch.float32)
         if not (torch.isfinite(self.poses).all() and torch.isfinite(self.betas).all()):
-            raise DatasetFormatError(f"prior {paths}: poses or betas contain NaN/Inf")
+            raise DataError(f"prior {paths}: poses or betas contain NaN/Inf")
 
     def __len__(self) -> int:
         return len(self.poses)

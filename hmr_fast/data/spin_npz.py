@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from hmr_fast.errors import DataError
+
 from .dataset import AugmentSettings, CropRecord, PersonCropDataset
 from .keypoints import spin24_to_hmr19
 
@@ -24,24 +26,20 @@ REQUIRED = {"imgname": None, "center": (2,), "scale": (), "part": (24, 3)}
 OPTIONAL = {"S": (24, 4), "pose": (72,), "shape": (10,), "has_smpl": ()}
 
 
-class DatasetFormatError(ValueError):
-    """A dataset file that cannot be used; the message names the file and the field."""
-
-
 def load_npz(path) -> dict:
     """The arrays of a SPIN-style npz, validated: missing keys or bad shapes name the key."""
     path = str(path)
     if not os.path.isfile(path):
-        raise DatasetFormatError(f"{path}: dataset file not found")
+        raise DataError(f"{path}: dataset file not found")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except ValueError as e:
-        raise DatasetFormatError(f"{path}: cannot read without unpickling ({e}); save imgname as "
+        raise DataError(f"{path}: cannot read without unpickling ({e}); save imgname as "
                                  "plain strings (np.array(list_of_str)), not an object array") from e
     for key in REQUIRED:
         if key not in arrays:
-            raise DatasetFormatError(f"{path}: missing required key {key!r} "
+            raise DataError(f"{path}: missing required key {key!r} "
                                      f"(a SPIN-style npz needs {', '.join(REQUIRED)}); has {sorted(arrays)}")
     n = len(arrays["imgname"])
     for key, shape in {**REQUIRED, **OPTIONAL}.items():
@@ -49,13 +47,13 @@ def load_npz(path) -> dict:
             continue
         a = arrays[key]
         if a.shape != (n,) + shape:
-            raise DatasetFormatError(f"{path}: key {key!r} must have shape {(n,) + shape} "
+            raise DataError(f"{path}: key {key!r} must have shape {(n,) + shape} "
                                      f"(N={n} from imgname), got {a.shape}")
     if arrays["imgname"].dtype.kind not in "US":
-        raise DatasetFormatError(f"{path}: key 'imgname' must hold strings, got dtype {arrays['imgname'].dtype}")
+        raise DataError(f"{path}: key 'imgname' must hold strings, got dtype {arrays['imgname'].dtype}")
     if ("pose" in arrays) != ("shape" in arrays):
         missing = "shape" if "pose" in arrays else "pose"
-        raise DatasetFormatError(f"{path}: has {'pose' if missing == 'shape' else 'shape'} but is missing "
+        raise DataError(f"{path}: has {'pose' if missing == 'shape' else 'shape'} but is missing "
                                  f"key {missing!r}; SMPL labels need both")
     if "has_smpl" not in arrays and "pose" in arrays:
         arrays["has_smpl"] = np.ones(n)

@@ -270,11 +270,12 @@ def _render_job(job):
 # ---------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--num-images", type=int, required=True, metavar="N")
+    parser.add_argument("--num-images", type=int, required=True, metavar="N",
+                        help="training images to render (train.npz); --num-val more go to val.npz")
     parser.add_argument("--num-val", type=int, default=None, help="held-out renders for val.npz (default N/10)")
     parser.add_argument("--num-prior", type=int, default=5000, help="poses in prior.npz")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--img-size", type=int, default=224, help="side of the square renders in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="seed of poses, shapes, cameras and backgrounds")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
     parser.add_argument("--smpl-model", default=None, help="SMPL model file (default: the built-in mannequin)")
 

@@ -127,9 +127,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None, help="default: the demo checkpoint shipped in the package")
     parser.add_argument("--frames", type=int, default=90, help="clip length (default 90 = 3 s at 30 fps)")
     parser.add_argument("--size", default="320x240", help="clip size WxH (default 320x240)")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="auto", help="inference backend (see hmr-fast video --help); auto = "
+                        "compiled on CUDA, torch on the CPU")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clip's body, background and walk")
 
 
 def run_demo(out_dir, checkpoint=None, num_frames: int = 90, width: int = 320, height: int = 240,
