@@ -32,12 +32,23 @@ def synth_dir(tmp_path_factory):
     return out
 
 
-def _train(data, out, *extra, steps=4, resume=False):
+def _train_argv(data, out, *extra, steps=4, resume=False):
     argv = ["train", "--config", SMOKE, "--data", str(data), "--out", str(out), "--steps", str(steps), *TINY, *extra]
-    if resume:
-        argv.append("--resume")
-    assert cli.main(argv) == 0
+    return argv + ["--resume"] if resume else argv
+
+
+def _train(data, out, *extra, steps=4, resume=False):
+    assert cli.main(_train_argv(data, out, *extra, steps=steps, resume=resume)) == 0
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _user_error(argv, capsys) -> str:
+    """The one line `hmr-fast` prints for a user's error (exit 2, no traceback); --debug raises it."""
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hmr-fast {argv[0]}: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
 
 
 def _loss_records(records):
@@ -204,10 +215,11 @@ def test_init_that_does_not_fit_is_an_error_naming_the_key(synth_dir, tmp_path):
     assert not (tmp_path / "y").exists()
 
 
-def test_refuses_to_overwrite_a_run_without_resume(synth_dir, tmp_path):
+def test_refuses_to_overwrite_a_run_without_resume(synth_dir, tmp_path, capsys):
     _train(synth_dir, tmp_path / "r", steps=1)
+    assert "--resume" in _user_error(_train_argv(synth_dir, tmp_path / "r", steps=2), capsys)
     with pytest.raises(FileExistsError, match="--resume"):
-        _train(synth_dir, tmp_path / "r", steps=2)
+        cli.main(_train_argv(synth_dir, tmp_path / "r", "--debug", steps=2))
 
 
 def test_corrupt_image_is_skipped_and_counted(synth_dir, tmp_path):
@@ -220,14 +232,15 @@ def test_corrupt_image_is_skipped_and_counted(synth_dir, tmp_path):
     assert _loss_records(records)[4]["skipped_images"] == 2
 
 
-def test_npz_with_missing_key_fails_before_training(synth_dir, tmp_path):
+def test_npz_with_missing_key_fails_before_training(synth_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(synth_dir, data)
     arrays = dict(np.load(data / "train.npz"))
     del arrays["part"]
     np.savez(data / "train.npz", **arrays)
+    assert "'part'" in _user_error(_train_argv(data, tmp_path / "run", steps=2), capsys)
     with pytest.raises(DataError, match="'part'"):
-        _train(data, tmp_path / "run", steps=2)
+        cli.main(_train_argv(data, tmp_path / "run", "--debug", steps=2))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
