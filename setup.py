@@ -16,6 +16,7 @@ setup(
         "hmr_fast.body",
         "hmr_fast.model",
         "hmr_fast.data",
+        "hmr_fast.fit",
         "hmr_fast.infer",
         "hmr_fast.export",
         "hmr_fast.kernels",
@@ -31,6 +32,7 @@ setup(
         "scipy",
         "opencv-python-headless",
         "pyyaml",
+        "scikit-learn",  # fitting a pose prior's Gaussian mixture (hmr_fast.fit.priors)
         "tqdm",
         "tensorboard",
     ],

@@ -27,6 +27,7 @@ COMMANDS = {
     "eval": ("hmr_fast.training.evaluate", "MPJPE / PA-MPJPE / PCK of a checkpoint on a dataset"),
     "pack": ("hmr_fast.model.checkpoint", "pack a checkpoint for shipping: inference weights only, float16"),
     "export": ("hmr_fast.export.cli", "export a checkpoint to ONNX, TensorRT or AOTInductor"),
+    "fit": ("hmr_fast.infer.fitting", "fit SMPL to keypoint files (OpenPose, COCO, SPIN, npz), batched"),
     "video": ("hmr_fast.infer.video", "recover meshes from a video, image folder or webcam"),
     "demo": ("hmr_fast.infer.demo", "the end-to-end demo on a synthetic clip, nothing downloaded"),
 }

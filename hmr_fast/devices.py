@@ -1,6 +1,10 @@
 """Where things run and at what precision: the one resolver every command and API uses."""
 from __future__ import annotations
 
+import contextlib
+import os
+from typing import Optional
+
 import torch
 
 from hmr_fast.errors import DeviceError
@@ -31,3 +35,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ValueError("precision 'fp16' needs a CUDA device (CPU convolutions in fp16 are not supported); "
                          "use 'fp32' or 'bf16'")
     return precision
+
+
+def cpu_threads() -> int:
+    """Torch threads for a CPU pipeline that has other threads (decode, encode, render):
+    half the cores. When a 2-core machine's cores are all taken, torch's two OpenMP threads
+    wait on each other at every barrier (measured: 24 FPS video with one thread, 2 FPS with
+    two), so one thread is the safe choice there."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """Run the block with n torch threads (None: leave them), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,19 @@
+"""Batched fitting of SMPL to 2D keypoints and 3D joints (SMPLify-style), and its priors.
+
+    from hmr_fast import SMPL
+    from hmr_fast.fit import fit_keypoints2d, read_keypoints
+
+    people = read_keypoints("person_keypoints_val2017.json")        # or OpenPose / SPIN / npz
+    result = fit_keypoints2d(SMPL(), people.keypoints, people.format, boxes=people.boxes)
+    result.betas, result.body_pose, result.global_orient, result.camera, result.keypoints2d
+
+`hmr-fast fit` runs the same on files (hmr_fast.infer.fitting).
+"""
+from .fitter import (FitResult, FitSettings, Fit3DResult, KeypointFitter, Perspective, fit_joints3d, fit_keypoints2d,
+                     people_boxes)
+from .formats import FORMATS, KeypointFormat, KeypointSet, keypoint_format, read_keypoints
+from .priors import GaussianMixturePrior, bending_prior, default_pose_prior, shape_prior
+
+__all__ = ["fit_keypoints2d", "fit_joints3d", "KeypointFitter", "FitSettings", "FitResult", "Fit3DResult",
+           "Perspective", "people_boxes", "read_keypoints", "keypoint_format", "KeypointFormat", "KeypointSet",
+           "FORMATS", "GaussianMixturePrior", "default_pose_prior", "shape_prior", "bending_prior"]

@@ -1,0 +1,133 @@
+"""`hmr-fast fit`: SMPL fitted to the people of a keypoint file, in batches.
+
+    hmr-fast fit --keypoints PATH --out OUT.npz [--images DIR] [--checkpoint C] [--iters N]
+                 [--device D] [--render DIR] [--format F] [--batch B]
+
+PATH: an OpenPose BODY_25 json or a folder of them, a COCO person-keypoints json, a
+SPIN-style npz (`part`) or a plain npz (`keypoints` (N, K, 3)); see hmr_fast.fit.formats.
+Each person is fitted with HMR's weak-perspective camera in a box around their keypoints
+(or the annotation's box); with --checkpoint (and --images) the fit starts from HMR's
+prediction on that box's crop instead of the mean body. OUT.npz gets one row per person:
+betas (N, NB), body_pose (N, 69), global_orient (N, 3), camera (N, 3) = (s, tx, ty) in the
+box, boxes (N, 3) = (cx, cy, size) pixels, keypoints2d (N, K, 2) (the fitted model's
+keypoints in the input's pixels, order and count; NaN where SMPL has no such point),
+joints3d (N, K, 3), loss (N,), ids (N,) and images (N,). --render DIR draws every fitted
+mesh over its image.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmr_fast.atomic import atomic_path
+from hmr_fast.body import SMPL
+from hmr_fast.camera import vertices_to_pixels
+from hmr_fast.devices import DEVICES, cpu_threads, resolve_device, torch_threads
+from hmr_fast.errors import DataError
+from hmr_fast.fit import FitSettings, KeypointFitter, people_boxes, read_keypoints
+from hmr_fast.fit.formats import FORMATS
+from hmr_fast.render import render_mesh
+from hmr_fast.rotations import rotmat_to_axis_angle
+
+from .predictor import Predictor
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--keypoints", required=True, help="OpenPose json (or a folder of them), COCO json, SPIN or plain npz")
+    parser.add_argument("--out", required=True, help="the .npz of fitted parameters to write")
+    parser.add_argument("--images", help="the images folder (for --checkpoint and --render)")
+    parser.add_argument("--checkpoint", help="start each fit from this HMR checkpoint's prediction (needs --images)")
+    parser.add_argument("--iters", type=int, default=FitSettings.iters, help="Adam iterations of the whole-body stage")
+    parser.add_argument("--format", choices=sorted(FORMATS), help="the keypoint format of a plain npz (default: by count)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="default: cuda when available")
+    parser.add_argument("--batch", type=int, default=512, help="people fitted in one batch")
+    parser.add_argument("--no-flip", action="store_true", help="do not also try each body turned around")
+    parser.add_argument("--render", metavar="DIR", help="draw the fitted meshes over their images into DIR")
+
+
+def run(args) -> int:
+    device = resolve_device(args.device)
+    with torch_threads(cpu_threads() if device.type == "cpu" else None):
+        return _run(args, device)
+
+
+def _run(args, device) -> int:
+    from tqdm import tqdm
+
+    if args.iters < 1 or args.batch < 1:
+        raise DataError("--iters and --batch must be >= 1")
+    if (args.checkpoint or args.render) and not args.images:
+        raise DataError("--checkpoint and --render read the images: give --images DIR")
+    people = read_keypoints(args.keypoints, args.format)
+    if not len(people.keypoints):
+        raise DataError(f"{args.keypoints}: no person with labelled keypoints")
+    smpl = SMPL(joint_set=people.format.joint_set).to(device)
+    fitter = KeypointFitter(smpl, people.format, FitSettings(iters=args.iters, try_flip=not args.no_flip))
+    predictor = Predictor(args.checkpoint, device=device) if args.checkpoint else None
+    kp_all = torch.as_tensor(people.keypoints, dtype=torch.float32)
+    boxes_all = people_boxes(kp_all, people.boxes)
+    results = []
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, len(kp_all), args.batch), desc="fit", unit="batch"):
+        index = slice(start, start + args.batch)
+        boxes = boxes_all[index]
+        init = _hmr_start(predictor, people, boxes, args.images, index) if predictor else None
+        results.append(fitter.fit(kp_all[index], boxes, init))
+    seconds = time.perf_counter() - t0
+    out = {k: torch.cat([getattr(r, k) for r in results]).cpu().numpy()
+           for k in ("betas", "body_pose", "global_orient", "camera", "boxes", "keypoints2d", "joints3d", "loss")}
+    out["ids"] = np.asarray(people.ids)
+    out["images"] = np.asarray([n or "" for n in people.images])
+    out["format"] = np.asarray(people.format.name)
+    with atomic_path(args.out, suffix=".npz") as tmp:
+        np.savez(tmp, **out)
+    if args.render:
+        _render(smpl, out, people, Path(args.images), Path(args.render))
+    conf = people.keypoints[..., 2] > 0
+    err = np.linalg.norm(out["keypoints2d"] - people.keypoints[..., :2], axis=-1)[conf]
+    err = err[np.isfinite(err)]
+    print(f"fitted {len(kp_all)} people: mean reprojection error {err.mean():.2f} px, "
+          f"{len(kp_all) / seconds:.1f} fits/s; wrote {args.out}")
+    return 0
+
+
+def _hmr_start(predictor, people, boxes, images_dir, index) -> dict:
+    """HMR's prediction on each person's crop, in the fitter's parameters (same boxes)."""
+    import cv2
+
+    names = people.images[index]
+    init = {"global_orient": [], "body_pose": [], "betas": [], "cam": []}
+    for name, box in zip(names, boxes.cpu().numpy()):
+        image = cv2.imread(str(Path(images_dir) / name)) if name else None
+        if image is None:
+            raise DataError(f"{Path(images_dir) / (name or '?')}: image not found or unreadable (needed by --checkpoint)")
+        cx, cy, size = box
+        pred = predictor.predict(image, [[cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2]])
+        init["global_orient"].append(pred.pose[0, :3])
+        init["body_pose"].append(pred.pose[0, 3:])
+        init["betas"].append(pred.betas[0])
+        init["cam"].append(pred.cam[0])
+    return {k: np.asarray(v) for k, v in init.items()}
+
+
+def _render(smpl, out, people, images_dir: Path, render_dir: Path) -> None:
+    import cv2
+
+    render_dir.mkdir(parents=True, exist_ok=True)
+    by_image = {}
+    for i, name in enumerate(people.images):
+        by_image.setdefault(name, []).append(i)
+    for name, rows in by_image.items():
+        image = cv2.imread(str(images_dir / name)) if name else None
+        if image is None:
+            raise DataError(f"{images_dir / (name or '?')}: image not found or unreadable (needed by --render)")
+        with torch.no_grad():
+            body = smpl(betas=torch.as_tensor(out["betas"][rows]), global_orient=torch.as_tensor(out["global_orient"][rows]),
+                        body_pose=torch.as_tensor(out["body_pose"][rows]))
+        px = vertices_to_pixels(body.vertices.cpu().numpy().astype(np.float64), out["camera"][rows], out["boxes"][rows])
+        for k in np.argsort(-px[..., 2].mean(1)):  # far to near
+            render_mesh(image, px[k], smpl.faces)
+        cv2.imwrite(str(render_dir / Path(name).name), image)
