@@ -3,11 +3,13 @@ rasterisation and the demo."""
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -273,3 +275,109 @@ def test_demo_end_to_end(tmp_path, checkpoint):
         assert (tmp_path / "demo" / name).is_file(), name
     with pytest.raises(FileNotFoundError, match="demo checkpoint"):
         run_demo(tmp_path / "x", Path(tmp_path / "none.pt"), num_frames=2, log=lambda *a: None)
+
+
+# ------------------------------------------------------------------ inputs that stop short
+def _boxes(data: bytes, start: int = 0, end: Optional[int] = None):
+    """(offset, size, type) of the MP4 boxes in data[start:end] (one level)."""
+    end = len(data) if end is None else end
+    while start + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[start:start + 8])
+        size = end - start if size == 0 else size
+        yield start, size, kind
+        start += size
+
+
+def _faststart(data: bytes) -> bytes:
+    """An OpenCV mp4 (ftyp free mdat moov) with its index first (ftyp moov free mdat), as
+    players' 'faststart' files are: a cut copy still opens and declares all its frames."""
+    top = {kind: (off, size) for off, size, kind in _boxes(data)}
+    moov = bytearray(data[slice(top[b"moov"][0], sum(top[b"moov"]))])
+    shift = len(moov)
+
+    def patch(start, end):  # chunk offsets (stco) move by the moov's size
+        for off, size, kind in _boxes(moov, start, end):
+            if kind in (b"trak", b"mdia", b"minf", b"stbl"):
+                patch(off + 8, off + size)
+            elif kind == b"stco":
+                (n,) = struct.unpack(">I", moov[off + 12:off + 16])
+                for k in range(n):
+                    at = off + 16 + 4 * k
+                    moov[at:at + 4] = struct.pack(">I", struct.unpack(">I", moov[at:at + 4])[0] + shift)
+            elif kind == b"co64":
+                raise AssertionError("co64 offsets: not needed for these small files")
+
+    patch(8, len(moov))
+    ftyp_end = sum(top[b"ftyp"])
+    return data[:ftyp_end] + bytes(moov) + data[ftyp_end:top[b"moov"][0]]
+
+
+def _truncated_video(tmp_path, n=40, keep=0.5):
+    full = _write_video(tmp_path / "full.mp4", _frames(n, 96, 64, seed=3), fps=25)
+    data = _faststart(full.read_bytes())
+    (tmp_path / "fast.mp4").write_bytes(data)
+    assert _video_info(tmp_path / "fast.mp4")[0] == n  # the rewrite itself is sound
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:int(len(data) * keep)])
+    return cut
+
+
+def test_truncated_video_says_it_ended_early(tmp_path, predictor, checkpoint, capsys):
+    from hmr_fast.infer.video import _report
+
+    cut = _truncated_video(tmp_path, n=40)
+    with FrameReader(str(cut)) as reader:
+        got = [i for i, _ in reader]
+    assert reader.info.frame_count == 40 and 0 < len(got) < 40 and got == list(range(len(got)))
+    assert reader.ended_early == (len(got), 40) and reader.skipped == 0  # the missing end is not "skipped"
+
+    cfg = VideoConfig(input=str(cut), checkpoint=checkpoint, out=str(tmp_path / "out.mp4"), progress=False)
+    summary = run_video(cfg, predictor, log=lambda *a: None)
+    n = summary["frames"]
+    assert n == len(got) and summary["ended_early"] == {"read": n, "declared": 40}
+    assert summary["skipped_frames"] == 0
+    message = f"input ended early: read {n} of the 40 frames the file declares"
+    assert any(message in w for w in summary["warnings"])
+    capsys.readouterr()
+    _report(summary)
+    printed = capsys.readouterr().out
+    assert f"done: {n} frames" in printed and message in printed
+
+    # a whole file, or one stopped by --max-frames, did not end early
+    with FrameReader(str(tmp_path / "fast.mp4")) as reader:
+        assert len(list(reader)) == 40 and reader.ended_early is None
+    with FrameReader(str(cut), max_frames=3) as reader:
+        assert len(list(reader)) == 3 and reader.ended_early is None
+
+
+def test_image_folder_names_its_unreadable_files(tmp_path, predictor, checkpoint, capsys):
+    from hmr_fast.infer.video import _report
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(_frames(5, 64, 48)):
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), f)
+    (folder / "003.jpg").write_bytes(b"\xff\xd8\xff\xe0 a corrupt jpeg")
+    cfg = VideoConfig(input=str(folder), checkpoint=checkpoint, out=str(tmp_path / "out.mp4"), progress=False)
+    summary = run_video(cfg, predictor, log=lambda *a: None)
+    assert summary["frames"] == 4 and summary["skipped_frames"] == 1
+    assert summary["unreadable_files"] == ["003.jpg"] and summary["unreadable_count"] == 1
+    assert "ended_early" not in summary
+    capsys.readouterr()
+    _report(summary)
+    printed = capsys.readouterr().out
+    assert "003.jpg" in printed and "1 unreadable" in printed
+
+    for i in (0, 1, 2, 4):  # many: the first few named, and the count
+        (folder / f"{i:03d}.jpg").write_bytes(b"junk")
+    for i in range(5, 12):
+        (folder / f"{i:03d}.jpg").write_bytes(b"junk")
+    cv2.imwrite(str(folder / "100.jpg"), _frames(1, 64, 48)[0])
+    with FrameReader(str(folder)) as reader:
+        assert len(list(reader)) == 1
+    assert [p.name for p in reader.unreadable] == [f"{i:03d}.jpg" for i in range(12)]
+    summary = run_video(VideoConfig(input=str(folder), checkpoint=checkpoint, out=str(tmp_path / "o2.mp4"),
+                                    progress=False), predictor, log=lambda *a: None)
+    assert summary["unreadable_count"] == 12 and summary["unreadable_files"] == ["000.jpg", "001.jpg", "002.jpg",
+                                                                                  "003.jpg", "004.jpg"]
+    assert any(w.startswith("12 unreadable") and w.endswith("004.jpg and 7 more") for w in summary["warnings"])

@@ -8,6 +8,11 @@ uninterrupted run would have seen, whatever the number of workers.
 from __future__ import annotations
 
 import bisect
+import ctypes
+import functools
+import os
+import signal
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -89,9 +94,41 @@ def collate(samples: list) -> dict:
     return {k: torch.as_tensor(np.stack([s[k] for s in samples])) for k in samples[0]}
 
 
-def _worker_init(worker_id: int) -> None:
-    """One thread per worker for OpenCV and torch: the workers are the parallelism, and
-    threads inside each would only oversubscribe the cores."""
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: Optional[int]) -> None:
+    """Linux: have the kernel SIGKILL this worker as soon as its parent dies (a trainer killed
+    with SIGKILL cannot stop its workers, and torch's own watchdog notices only every 5 s).
+    The parent may already be gone by the time this runs: then the worker has been re-parented
+    and kills itself. A no-op elsewhere. (Linux sends the signal when the *thread* that
+    started the worker exits: DataLoader iterators are made on the main thread here.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                      ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+            return
+    except (OSError, AttributeError):  # no prctl in this libc
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_parent() -> Optional[int]:
+    """The pid a worker's parent will have: this process, unless workers come from a forkserver."""
+    import torch.multiprocessing as mp
+
+    method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]  # (the first is the default)
+    return None if method == "forkserver" else os.getpid()
+
+
+def _worker_init(worker_id: int, parent_pid: Optional[int] = None) -> None:
+    """Die with the parent process (see `_die_with_parent`), then one thread per worker for
+    OpenCV and torch: the workers are the parallelism, and threads inside each would only
+    oversubscribe the cores. (torch seeds each worker itself, before this runs.)"""
+    _die_with_parent(parent_pid)
     import cv2
 
     cv2.setNumThreads(1)
@@ -106,11 +143,13 @@ def make_train_loader(dataset: MixedDataset, batch_size: int, seed: int, num_wor
     # A private generator: creating the loader must not draw from torch's global RNG, which
     # drives dropout and has to continue exactly across a resume.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0, worker_init_fn=_worker_init,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      worker_init_fn=functools.partial(_worker_init, parent_pid=_worker_parent()),
                       prefetch_factor=4 if num_workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed))
 
 
 def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 2) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate, worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0))
+                      collate_fn=collate, worker_init_fn=functools.partial(_worker_init, parent_pid=_worker_parent()),
+                      generator=torch.Generator().manual_seed(0))

@@ -4,7 +4,9 @@
 that names it when it cannot), and `FrameReader` iterates (index, frame) pairs, where
 frames are (H, W, 3) uint8 BGR. A decoder thread fills a bounded queue, so decoding
 overlaps inference and memory stays bounded; frames that fail to decode are skipped and
-counted (`reader.skipped`), never fatal.
+counted (`reader.skipped`; an image folder's files named in `reader.unreadable`), never
+fatal. A video whose stream stops before the frame count its container declares (a
+truncated file) sets `reader.ended_early` to (frames read, frames declared).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_FOLDER_FPS = 30.0
 # A video stream that fails this many grabs in a row, before its announced length, is over.
 _MAX_CONSECUTIVE_FAILURES = 25
+UNREADABLE_NAMED = 5  # reports name the first few unreadable files of a folder, then give the count
 
 
 @dataclass
@@ -98,12 +101,16 @@ class _FolderSource(_Source):
         self.info = SourceInfo(str(folder), "folder", float(fps or DEFAULT_FOLDER_FPS), first.shape[1],
                                first.shape[0], len(self.files))
         self._next = 0
+        self.unreadable: list = []  # the files that did not decode, in order
 
     def next_frame(self):
         if self._next >= len(self.files):
             return None
-        frame = _read_image(self.files[self._next])
+        path = self.files[self._next]
+        frame = _read_image(path)
         self._next += 1
+        if frame is None:
+            self.unreadable.append(path)
         return (frame is not None), frame
 
 
@@ -145,7 +152,11 @@ class FrameReader:
     """Iterate (index, frame) from a source, decoded on a background thread.
 
     index counts every frame of the source (skipped ones included), so it matches the
-    input's own numbering; `skipped` counts frames that failed to decode.
+    input's own numbering; `skipped` counts frames that failed to decode (between decoded
+    ones: a video that stops early has frames missing at its end, not skipped), and
+    `unreadable` lists an image folder's files that did not decode. `ended_early` is
+    (frames read, frames declared) when a video file's stream ended before the frame count
+    its container declares, else None.
     max_frames: stop after this many decoded frames. close() (or leaving a `with` block)
     stops the thread.
     """
@@ -155,6 +166,7 @@ class FrameReader:
         self.info = self.source.info
         self.max_frames = max_frames
         self.skipped = 0
+        self.ended_early: Optional[tuple] = None
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(queue_size)))
         self._stop = threading.Event()
         self._error: Optional[BaseException] = None
@@ -170,14 +182,28 @@ class FrameReader:
                 continue
         return False
 
+    @property
+    def unreadable(self) -> list:
+        """An image folder's files that did not decode (so far), in order; [] for videos."""
+        return list(getattr(self.source, "unreadable", []))
+
+    def _stream_ended(self, index: int, read: int) -> None:
+        """The source has no more frames after `index` positions, the last decoded being
+        position read - 1: a video that declares more frames than that ended early."""
+        declared = self.info.frame_count
+        if self.info.kind == "video" and declared and read < declared:
+            self.skipped -= index - read  # failed grabs after the last frame: the stream's end, not frames
+            self.ended_early = (read, declared)
+
     def _run(self) -> None:
-        index = decoded = 0
+        index = decoded = read = 0
         try:
             while not self._stop.is_set():
                 if self.max_frames is not None and decoded >= self.max_frames:
                     break
                 got = self.source.next_frame()
                 if got is None:
+                    self._stream_ended(index, read)
                     break
                 ok, frame = got
                 if ok:
@@ -188,6 +214,7 @@ class FrameReader:
                     if not self._put((index, frame)):
                         break
                     decoded += 1
+                    read = index + 1
                 index += 1
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             self._error = exc

@@ -22,7 +22,6 @@ frames done, and the npz says interrupted=True.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -37,10 +36,10 @@ import torch
 from hmr_fast import camera
 from hmr_fast.body import SMPL
 from hmr_fast.camera import vertices_to_pixels
-from hmr_fast.devices import resolve_device
+from hmr_fast.devices import cpu_threads, resolve_device, torch_threads
 from hmr_fast.rotations import rotmat_to_axis_angle
 
-from .frames import FrameReader
+from .frames import UNREADABLE_NAMED, FrameReader
 from .overlay import MeshOverlay, draw_box, draw_hud, draw_keypoints
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
@@ -159,24 +158,6 @@ def _chunks(reader, size: int):
         yield chunk
 
 
-def cpu_threads() -> int:
-    """Model threads for the CPU pipeline: half the cores. The decoder and encoder threads
-    need the rest; when a 2-core machine's cores are all taken, torch's two OpenMP threads
-    wait on each other at every barrier (measured: 24 FPS with one thread, 2 FPS with two)."""
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
-@contextlib.contextmanager
-def torch_threads(n: Optional[int]):
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run_video(cfg: VideoConfig, predictor: Optional[Predictor] = None, log=print) -> dict:
     """The whole pipeline (see the module docstring); returns a summary dict."""
     cfg.validate()
@@ -258,6 +239,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
     finally:
         reader.close()
         summary["skipped_frames"] = reader.skipped
+        _input_problems(summary, reader)
         if sink is not None:
             summary["frames_written"] = sink.close()
         if recorder is not None:
@@ -269,6 +251,27 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
                    latency_ms_mean=round(float(lat.mean()), 2), latency_ms_p95=round(float(np.percentile(lat, 95)), 2),
                    lost_frames=tracker.lost_frames if tracker is not None else 0)
     return summary
+
+
+def _input_problems(summary: dict, reader: FrameReader) -> None:
+    """What was wrong with the input, in the summary: a video that ended before the frame count
+    its file declares (`ended_early`: read, declared), an image folder's unreadable files
+    (`unreadable_files`: the first few names; `unreadable_count`), and each as a sentence in
+    `warnings` (the report prints them)."""
+    warnings_ = []
+    if reader.ended_early is not None:
+        read, declared = reader.ended_early
+        summary["ended_early"] = {"read": read, "declared": declared}
+        warnings_.append(f"input ended early: read {read} of the {declared} frames the file declares "
+                         "(a truncated or damaged file?)")
+    unreadable = reader.unreadable
+    if unreadable:
+        names = [p.name for p in unreadable[:UNREADABLE_NAMED]]
+        summary["unreadable_files"] = names
+        summary["unreadable_count"] = len(unreadable)
+        more = f" and {len(unreadable) - len(names)} more" if len(unreadable) > len(names) else ""
+        warnings_.append(f"{len(unreadable)} unreadable image file(s) skipped: {', '.join(names)}{more}")
+    summary["warnings"] = warnings_
 
 
 def _record(recorder, index, t, params, raw, boxes, keypoints_px, joints3d, i) -> None:
@@ -403,5 +406,7 @@ def _report(s: dict) -> None:
     print(f"{state} {s['frames']} frames in {s['seconds']:.1f} s = {s['fps']:.1f} FPS "
           f"(latency mean {s['latency_ms_mean']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms); "
           f"{s['skipped_frames']} unreadable frames skipped; track lost on {s['lost_frames']} frames")
+    for warning in s.get("warnings", []):
+        print(f"warning: {warning}")
     if s.get("frames_written"):
         print(f"wrote {s['out']}" + (f" and {s['params']}" if s.get("params") else ""))
