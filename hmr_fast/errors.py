@@ -25,3 +25,7 @@ class DataError(HmrFastError, ValueError):
 
 class DeviceError(HmrFastError, RuntimeError):
     """A device asked for that is not there (e.g. CUDA on a machine without a GPU)."""
+
+
+class TrainingDiverged(HmrFastError, RuntimeError):
+    """Training's loss (or weights) became NaN/Inf; the last good checkpoint was kept, not overwritten."""

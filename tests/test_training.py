@@ -1,5 +1,7 @@
 """Training: losses, config, the smoke run (loss falls), exact resume, bad data, eval."""
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -254,3 +256,132 @@ def test_eval_command_prints_metrics(synth_dir, tmp_path, capsys):
         assert name in printed
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["samples"] == 4 and result["pa_mpjpe_mm"] <= result["mpjpe_mm"] + 1e-6
+
+
+# ---------------------------------------------------------------------------------------
+# What a killed run leaves behind
+# ---------------------------------------------------------------------------------------
+def _killed_atomic_write(target: Path) -> Path:
+    """The temp file a process SIGKILLed inside atomic_path(target) leaves (as a checkpoint write does)."""
+    import subprocess
+    import sys
+
+    from hmr_fast import atomic
+
+    # atomic.py alone (importing the package would import torch: seconds per call)
+    code = ("import importlib.util, os, signal, sys\n"
+            "spec = importlib.util.spec_from_file_location('atomic', sys.argv[2])\n"
+            "atomic = importlib.util.module_from_spec(spec); spec.loader.exec_module(atomic)\n"
+            "with atomic.atomic_path(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'half a checkpoint' * 1000)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    before = set(target.parent.iterdir()) if target.parent.is_dir() else set()
+    assert subprocess.run([sys.executable, "-c", code, str(target), atomic.__file__]).returncode == -9
+    (left,) = set(target.parent.iterdir()) - before
+    assert left.name.startswith(f".{target.name}.") and left.name.endswith(".tmp")
+    return left
+
+
+def test_resume_removes_the_temp_files_of_a_killed_checkpoint_write(synth_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="hmr_fast.train")
+    run = tmp_path / "run"
+    stale = [_killed_atomic_write(run / "last.pt")]  # killed before its first checkpoint was written
+    _train(synth_dir, run, steps=1)  # a fresh run into that folder cleans up too
+    assert not stale[0].exists() and "removed 1 temp file(s)" in caplog.text and stale[0].name in caplog.text
+    assert list(run.glob(".*.tmp")) == []
+
+    stale = [_killed_atomic_write(run / name) for name in ("last.pt", "last.pt", "metrics.jsonl", "config.yaml")]
+    others = [run / ".last.pt.tmp", run / "x.last.pt.abcd1234.tmp", run / ".best.pt.abcd1234.tmp",
+              run / ".last.pt.abcd1234.tmp.bak", run / "notes.txt"]  # not temps atomic_path made for the run's files
+    for p in others:
+        p.write_text("keep")
+    caplog.clear()
+    records = _train(synth_dir, run, steps=2, resume=True)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in others)
+    assert "removed 4 temp file(s)" in caplog.text and all(p.name in caplog.text for p in stale)
+    assert [r["step"] for r in records if "loss/total" in r] == [1, 2]
+
+
+def test_resume_after_a_kill_logs_each_step_once(synth_dir, tmp_path):
+    """A run killed after logging steps its checkpoint does not hold: the resumed run logs them
+    again, and metrics.jsonl and TensorBoard show each step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    _train(synth_dir, run, steps=2)  # checkpoint at step 2
+    checkpoint = (run / "last.pt").read_bytes()
+    _train(synth_dir, run, steps=3, resume=True)  # logs step 3 (and its eval) ...
+    (run / "last.pt").write_bytes(checkpoint)  # ... and is killed before that step's checkpoint
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss/tot')  # and while writing a line
+    records = _train(synth_dir, run, steps=4, resume=True)
+    assert [r["step"] for r in records if "loss/total" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "eval/mpjpe_mm" in r] == [2, 4]
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4]
+    logged = {r["step"]: r["loss/total"] for r in records if "loss/total" in r}
+    assert [e.value for e in events.Scalars("loss/total")] == pytest.approx([logged[s] for s in (1, 2, 3, 4)])
+    assert [e.step for e in events.Scalars("eval/mpjpe_mm")] == [2, 4]
+
+
+def _children(pid: int) -> set:
+    """The pids of a process's children (Linux: the parent field of /proc/*/stat)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (killed, not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="Linux: workers die with their parent there")
+def test_data_workers_die_with_a_killed_trainer(synth_dir, tmp_path):
+    """SIGKILL a training process: its DataLoader workers go with it at once (torch's own
+    watchdog would notice only after up to 5 s)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    argv = _train_argv(synth_dir, run, "data.num_workers=2", steps=100_000)
+    with open(tmp_path / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "hmr_fast.cli", *argv], stdout=subprocess.DEVNULL, stderr=err)
+    workers = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            workers = {c for c in _children(proc.pid) if _comm(c) == "pt_data_worker"}
+            if len(workers) == 2 and (run / "metrics.jsonl").is_file():  # training, the workers busy
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None and len(workers) == 2, (tmp_path / "stderr.txt").read_text()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        time.sleep(2.0)
+        assert [w for w in workers if _running(w)] == []
+    finally:
+        for pid in [proc.pid, *workers]:  # the processes this test started, and only those
+            if _running(pid) and (pid == proc.pid or _comm(pid) == "pt_data_worker"):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -9,6 +9,7 @@ what their setting needs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -55,6 +56,11 @@ class DataConfig:
     prior_frame_stride: int = 1  # take every n-th mocap frame (AMASS runs at 60-120 fps)
     num_workers: int = 4
     val_max_samples: int = 2000  # periodic evaluation reads at most this many
+    # Label rows with NaN/Inf, visibility/confidence outside [0, 1], scale <= 0, bad COCO boxes
+    # (see hmr_fast/data/spin_npz.py, coco.py, prior.py): false = refuse the file, naming the key
+    # and rows; true = drop those training samples and prior frames, logged per file and key and
+    # counted in the first metrics record (data/dropped_bad_labels). Validation data is always refused.
+    drop_bad_labels: bool = False
 
 
 @dataclass
@@ -136,6 +142,18 @@ def _check_range(value, key: str):
     return value
 
 
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float's range
+        return math.inf
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _convert(value, annotation, key: str):
     """value checked/converted to the field's type; errors name the key."""
     origin = typing.get_origin(annotation)
@@ -166,8 +184,8 @@ def _convert(value, annotation, key: str):
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_as_float(value)):
+            raise ConfigError(f"config key {key!r} must be a number, got {_short(value)}")
         return _check_range(float(value), key)
     if annotation is str:
         if not isinstance(value, str):
@@ -215,8 +233,15 @@ def apply_overrides(values: dict, overrides) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ConfigError(f"override {item!r}: not a YAML value ({_one_line(exc)})") from None
     return values
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())
 
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -243,7 +268,10 @@ def load_config(path=None, overrides=None) -> Config:
     values = {}
     if path is not None:
         path = resolve_config_path(path)
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_bytes()) or {}  # bytes: YAML's own UTF-8/16 detection
+        except (yaml.YAMLError, RecursionError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not a YAML file ({type(exc).__name__}: {_one_line(exc)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a config must be a mapping of sections")
     try:

@@ -14,7 +14,10 @@ RUN/ gets: last.pt (atomic checkpoint), config.yaml, metrics.jsonl (one JSON obj
 log), tb/ (TensorBoard). --resume continues from RUN/last.pt exactly: model, both
 optimizers, schedulers, every RNG, the step and the data position. model.init=CKPT
 fine-tunes instead: a new run whose HMR (and discriminator, when CKPT has one) start from
-CKPT's weights, with fresh optimizers, step 0 and this config's data.
+CKPT's weights, with fresh optimizers, step 0 and this config's data. A run (fresh or
+resumed) first clears what a killed run left in RUN: the temp files of its interrupted
+atomic writes (.last.pt.*.tmp, ...), and the metrics.jsonl records after the step it starts
+from (TensorBoard hides those events too: purge_step), so each step is logged once.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from hmr_fast.atomic import atomic_path, remove_stale_temps
 from hmr_fast.body.model_data import NUM_JOINTS
 from hmr_fast.camera import normalise_images
 from hmr_fast.data.coco import CocoDataset
@@ -40,6 +44,7 @@ from hmr_fast.data.loader import MixedDataset, make_eval_loader, make_train_load
 from hmr_fast.data.prior import PosePrior
 from hmr_fast.data.spin_npz import SpinDataset
 from hmr_fast.devices import DEVICES, resolve_device
+from hmr_fast.errors import TrainingDiverged
 from hmr_fast.model import Discriminator, build_model, build_smpl, lsgan_discriminator_loss, lsgan_generator_loss
 from hmr_fast.model.checkpoint import SMPL_PREFIX, load_weights, read_checkpoint, save_checkpoint
 from hmr_fast.rotations import rodrigues
@@ -50,6 +55,11 @@ from .evaluate import evaluate_model
 
 log = logging.getLogger("hmr_fast.train")
 CHECKPOINT = "last.pt"
+METRICS = "metrics.jsonl"
+CONFIG_COPY = "config.yaml"
+RUN_FILES = (CHECKPOINT, METRICS, CONFIG_COPY)  # what rank 0 writes atomically into the run folder
+WEIGHTS_DIGEST_ENV = "HMR_FAST_WEIGHTS_DIGEST"  # tests: a folder where each process writes rank<R>.json at the end
+NO_BAD_STEP = 2**62  # fit()'s device flag before any step's losses were NaN/Inf
 LOSS_NAMES = ("loss/total", "loss/keypoints", "loss/joints3d", "loss/smpl", "loss/adversarial",
               "loss/disc_real", "loss/disc_fake")
 
@@ -83,13 +93,13 @@ class StepDecay:
         self.step()  # re-apply the lr of the restored step
 
 
-def build_dataset(spec, data_dir: Path, img_size: int, augment):
+def build_dataset(spec, data_dir: Path, img_size: int, augment, drop_bad_labels: bool = False):
     path = data_dir / spec.path
     images = data_dir / spec.images
     if spec.kind == "spin":
-        return SpinDataset(path, images, img_size, augment)
+        return SpinDataset(path, images, img_size, augment, drop_bad_labels=drop_bad_labels)
     if spec.kind == "coco":
-        return CocoDataset(path, images, img_size, augment)
+        return CocoDataset(path, images, img_size, augment, drop_bad_labels=drop_bad_labels)
     raise ConfigError(f"dataset kind must be 'spin' or 'coco', got {spec.kind!r} (for {spec.path})")
 
 
@@ -148,9 +158,10 @@ class Trainer:
         if checkpoint is not None:  # last, after everything that might draw random numbers while being built
             self._restore_rng(checkpoint["rng"])
         self.is_main = self.rank == 0
+        # TensorBoard hides the events a killed run logged after its checkpoint (step >= this one)
+        self.purge_step = self.step + 1 if checkpoint is not None or (self.out_dir / "tb").is_dir() else None
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+            self._prepare_run_dir()
         self.writer = None
 
     # -- setup ----------------------------------------------------------------------------
@@ -181,13 +192,49 @@ class Trainer:
             raise FileExistsError(f"{path} exists: pass --resume to continue that run, or choose another --out")
         return None
 
+    def _prepare_run_dir(self) -> None:
+        """Rank 0: the run folder, without what a killed run left in it (its half-written temp
+        files; log records after the step this run starts from), and this run's config."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        removed = [p for name in RUN_FILES for p in remove_stale_temps(self.out_dir / name)]
+        if removed:
+            log.info("removed %d temp file(s) an interrupted write left in %s: %s", len(removed), self.out_dir,
+                     ", ".join(p.name for p in removed))
+        self._drop_records_after(self.step)
+        with atomic_path(self.out_dir / CONFIG_COPY) as tmp:
+            tmp.write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
+
+    def _drop_records_after(self, step: int) -> None:
+        """Rewrite metrics.jsonl (atomically) without the records after `step`: a run killed
+        after its last checkpoint logged steps that this run logs again (each step once), and
+        a line the kill cut short."""
+        path = self.out_dir / METRICS
+        if not path.is_file():
+            return
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int) or record["step"] > step:
+                dropped += 1
+                continue
+            kept.append(line + "\n")
+        if dropped:
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(kept))
+            log.info("%s: dropped %d record(s) logged after step %d, where this run starts", path, dropped, step)
+
     def _setup_data(self) -> None:
         """Training sets, pose prior and validation set: everything is checked here, before the first step."""
         config = self.config
         img_size = config.model.img_size
-        train_sets = [build_dataset(s, self.data_dir, img_size, config.augment) for s in config.data.train]
+        drop = config.data.drop_bad_labels  # validation data is always refused, never dropped
+        train_sets = [build_dataset(s, self.data_dir, img_size, config.augment, drop) for s in config.data.train]
         self.train_set = MixedDataset(train_sets, [s.weight for s in config.data.train])
-        self.prior = PosePrior([self.data_dir / p for p in config.data.prior], config.data.prior_frame_stride)
+        self.prior = PosePrior([self.data_dir / p for p in config.data.prior], config.data.prior_frame_stride,
+                               drop_bad_labels=drop)
         self.val_set = None
         if config.data.val is not None:
             val = build_dataset(config.data.val, self.data_dir, img_size, None)
@@ -268,6 +315,9 @@ class Trainer:
         self.skipped_images = int(ckpt["data"].get("skipped_images", 0))
 
     def save(self) -> None:
+        """RUN/last.pt; never with NaN/Inf weights: TrainingDiverged keeps the last good checkpoint."""
+        if not self._weights_finite():
+            raise self._diverged(f"the weights became NaN/Inf by step {self.step} (the losses were still finite)")
         states = [rng_state(self.device, self.prior_generator)]
         if self.world > 1:
             states = [None] * self.world
@@ -282,6 +332,13 @@ class Trainer:
             schedulers={"encoder": self.e_sched.state_dict(), "discriminator": self.d_sched.state_dict()},
             rng=states,
             data={"batches_consumed": self.batches_consumed, "skipped_images": self.skipped_images})
+        self.saved_step = self.step
+
+    def _weights_finite(self) -> bool:
+        """All float weights and buffers (BatchNorm statistics too) finite: one host sync."""
+        tensors = [t for m in (self.model, self.discriminator) for t in m.state_dict().values()
+                   if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     # -- one step -------------------------------------------------------------------------
     def autocast(self):
@@ -349,12 +406,12 @@ class Trainer:
     def log(self, record: dict) -> None:
         if not self.is_main:
             return
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
+        with open(self.out_dir / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.out_dir / "tb"))
+            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.purge_step)
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, record["step"])
@@ -371,6 +428,13 @@ class Trainer:
         last = {}
         bar = tqdm(total=tc.steps, initial=self.step, disable=not self.is_main, dynamic_ncols=True,
                    mininterval=1.0, desc="train")
+        self._bar = bar
+        if not hasattr(self, "saved_step"):  # the checkpoint a divergence keeps: a resumed run's own
+            self.saved_step = self.step if (self.out_dir / CHECKPOINT).is_file() else None
+        # The first step whose losses were NaN/Inf (NO_BAD_STEP: none), kept on the device and
+        # read when a log line or a checkpoint is due: no host sync per step.
+        first_bad = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=self.device)
+        first_record = True
         t_log = time.perf_counter()
         while self.step < tc.steps:
             t0 = time.perf_counter()
@@ -383,16 +447,23 @@ class Trainer:
             self.skipped_images += int(batch["skipped"].sum())
             # Losses stay on the device until a log line needs them: no host sync per step.
             sums = values if sums is None else sums + values
+            bad = (~torch.isfinite(values).all()).long()
+            first_bad = torch.minimum(first_bad, NO_BAD_STEP - bad * (NO_BAD_STEP - self.step))
             wait, busy, count = wait + t1 - t0, busy + t2 - t1, count + 1
             bar.update(1)
             final = self.step == tc.steps or time.monotonic() > deadline
-            if self.step % tc.log_every == 0 or final:
+            log_due = self.step % tc.log_every == 0 or final
+            diverged = self._first_bad_step(first_bad) if log_due or self.step % tc.checkpoint_every == 0 else None
+            if log_due:
                 elapsed = time.perf_counter() - t_log
                 record = {"step": self.step, **dict(zip(LOSS_NAMES, (sums / count).cpu().tolist())),
                           "images_per_s": count * tc.batch_size / max(elapsed, 1e-9),
                           "data_wait_frac": wait / max(wait + busy, 1e-9),
                           "lr/encoder": self.e_opt.param_groups[0]["lr"],
                           "skipped_images": self.skipped_images}
+                if first_record:  # samples / prior frames that data.drop_bad_labels left out
+                    record["data/dropped_bad_labels"] = self._dropped_bad_labels()
+                    first_record = False
                 if self.device.type == "cuda":
                     record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                 self.log(record)
@@ -400,6 +471,11 @@ class Trainer:
                                  "img/s": f"{record['images_per_s']:.0f}"})
                 last = record
                 sums, count, wait, busy = None, 0, 0.0, 0.0
+            if diverged is not None:  # before any evaluation or checkpoint of the broken weights
+                start = (diverged - 1) // tc.log_every * tc.log_every + 1
+                end = min(start + tc.log_every - 1, self.step)
+                interval = f", in the log interval of steps {start}-{end}" if end > start else ""
+                raise self._diverged(f"the loss became NaN/Inf at step {diverged}{interval}")
             if self.step % tc.eval_every == 0 or final:
                 metrics = self.evaluate()
                 if metrics:
@@ -416,6 +492,33 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         return last
+
+    def _first_bad_step(self, first_bad: torch.Tensor):
+        """The first step (over all processes) whose losses were NaN/Inf, or None: one host sync."""
+        if self.world > 1:
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+        step = int(first_bad)
+        return None if step >= NO_BAD_STEP else step
+
+    def _dropped_bad_labels(self) -> int:
+        """Training samples and prior frames left out for bad labels (data.drop_bad_labels)."""
+        return sum(getattr(d, "dropped", 0) for d in self.train_set.datasets) + getattr(self.prior, "dropped", 0)
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops a diverged run (the bar and TensorBoard closed first)."""
+        if getattr(self, "_bar", None) is not None:
+            self._bar.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        saved = getattr(self, "saved_step", None)
+        kept = (f"{self.out_dir / CHECKPOINT} (step {saved}) was kept, not overwritten" if saved is not None
+                else f"no checkpoint was written (none was due by step {self.step})")
+        oc = self.config.optim
+        clip = f"now {oc.grad_clip:g}" if oc.grad_clip > 0 else "now off"
+        return TrainingDiverged(f"training diverged: {what}; {kept}. Try a lower optim.encoder_lr (now "
+                                f"{oc.encoder_lr:g}), gradient clipping with optim.grad_clip (e.g. 1.0; {clip}), "
+                                "and check the data")
 
 
 # ---------------------------------------------------------------------------------------
@@ -459,9 +562,33 @@ def run(args) -> int:
         summary = {k: round(v, 5) if isinstance(v, float) else v for k, v in last.items()}
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(summary))
+    if os.environ.get(WEIGHTS_DIGEST_ENV):
+        _write_weights_digest(trainer, Path(os.environ[WEIGHTS_DIGEST_ENV]))
     if trainer.world > 1:
         dist.destroy_process_group()
     return 0
+
+
+def weights_digest(model_state: dict, discriminator_state: dict) -> str:
+    """sha256 over the trained parameters' bytes (not BatchNorm statistics: DDP keeps those per
+    process): equal digests, equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for prefix, state in (("model.", model_state), ("discriminator.", discriminator_state)):
+        for name in sorted(state):
+            if "running_" in name or name.endswith("num_batches_tracked") or name.startswith("smpl."):
+                continue
+            h.update((prefix + name).encode())
+            h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _write_weights_digest(trainer: Trainer, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = weights_digest(trainer.model.state_dict(), trainer.discriminator.state_dict())
+    (folder / f"rank{trainer.rank}.json").write_text(json.dumps({"rank": trainer.rank, "world": trainer.world,
+                                                                  "step": trainer.step, "weights": digest}))
 
 
 def main(argv=None) -> int:

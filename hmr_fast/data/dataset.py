@@ -22,6 +22,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from hmr_fast import camera
+from hmr_fast.errors import DataError
 
 from . import augment as aug_lib
 from .keypoints import HMR19_FLIP, NUM_HMR
@@ -131,3 +132,119 @@ class PersonCropDataset(Dataset):
             "skipped": np.int64(skipped),
             "index": np.int64(index),
         }
+
+
+# ---------------------------------------------------------------------------------------
+# Reading and checking label files (shared by spin_npz, coco and prior)
+# ---------------------------------------------------------------------------------------
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+NUMERIC_KINDS = "biuf"  # bool, int, unsigned, float: what a label array may hold
+ROWS_SHOWN = 5  # a message lists this many bad rows, then the count
+
+
+def read_npz(path, keys) -> dict:
+    """The arrays of `keys` that an npz holds (others are not read), with allow_pickle=False:
+    a file that is not an npz, is corrupt, or stores an object (pickled) array is a DataError
+    naming the file (and the key); nothing in the file is ever run."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    key = None
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: holds a single array ({type(npz).__name__}), not an npz of named arrays")
+        with npz:
+            arrays = {}
+            for key in keys:
+                if key in npz.files:
+                    value = npz[key]
+                    if not isinstance(value, np.ndarray):  # a zip member that is not .npy data
+                        raise DataError(f"{path}: key {key!r} is not a numpy array")
+                    arrays[key] = value
+        return arrays
+    except DataError:
+        raise
+    except Exception as exc:  # untrusted bytes: zip, zlib, npy-header and EOF errors all mean "unreadable"
+        where = f"key {key!r}" if key is not None else "the file"
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path}: {where} is an object array, which cannot be read without unpickling; "
+                            "save it as plain strings or numbers (np.array(list_of_str))") from None
+        raise DataError(f"{path}: {where} cannot be read as an npz ({type(exc).__name__}: {exc})") from None
+
+
+def describe_rows(rows, unit: str = "rows") -> str:
+    """'rows [3, 17, 40] (3 rows)'; long lists are cut after ROWS_SHOWN."""
+    shown = ", ".join(str(int(r)) for r in rows[:ROWS_SHOWN]) + (", ..." if len(rows) > ROWS_SHOWN else "")
+    return f"{unit} [{shown}]"
+
+
+def _per_row(bad: np.ndarray) -> np.ndarray:
+    """(N, ...) bool -> (N,): any per row."""
+    return bad.any(axis=tuple(range(1, bad.ndim))) if bad.ndim > 1 else bad
+
+
+def nonfinite_rows(a: np.ndarray) -> np.ndarray:
+    """(N,) True where a row holds NaN/Inf, or a float beyond float32's range (training's dtype)."""
+    if a.dtype.kind != "f":
+        return np.zeros(len(a), bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.isfinite(a)
+        if a.dtype.itemsize > 4:
+            bad |= np.abs(a) > FLOAT32_MAX
+    return _per_row(bad)
+
+
+def outside_rows(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(N,) True where a row has a (finite) value outside [lo, hi]; values is (N, ...)."""
+    with np.errstate(invalid="ignore"):
+        bad = (values < lo) | (values > hi)
+    return _per_row(bad)
+
+
+class LabelCheck:
+    """The bad rows of one label file: refused, or (drop=True, data.drop_bad_labels) dropped.
+
+    `flag(key, bad, what)` with a boolean (N,) mask: without drop, the first flagged key is a
+    DataError naming the file, the key and the first bad rows; with drop those rows leave
+    `keep`, a logging.warning names the file, key and count, and `dropped` counts the samples.
+    """
+
+    def __init__(self, name: str, num_rows: int, drop: bool = False, unit: str = "rows"):
+        self.name, self.drop, self.unit = str(name), bool(drop), unit
+        self.keep = np.ones(num_rows, bool)
+        self.reasons = {}  # "key: what" -> rows flagged
+
+    def flag(self, key: str, bad, what: str) -> None:
+        bad = np.asarray(bad, bool)
+        if not bad.any():
+            return
+        rows = np.flatnonzero(bad)
+        unit = self.unit if len(rows) != 1 else self.unit.rstrip("s")
+        where = f"{describe_rows(rows, self.unit)} ({len(rows)} {unit})"
+        if not self.drop:
+            raise DataError(f"{self.name}: key {key!r} {what} in {where}; fix the file, or drop such samples "
+                            "with data.drop_bad_labels=true")
+        self.keep &= ~bad
+        self.reasons[f"{key}: {what}"] = len(rows)
+        log.warning("%s: key %r %s in %d %s (e.g. %s): dropped (data.drop_bad_labels)",
+                    self.name, key, what, len(rows), unit, describe_rows(rows, self.unit))
+
+    def flag_nonfinite(self, key: str, a: np.ndarray) -> np.ndarray:
+        """Flag rows of `a` with NaN/Inf (or floats beyond float32's range); returns the mask."""
+        bad = nonfinite_rows(a)
+        if bad.any():
+            nan_inf = _per_row(~np.isfinite(a[bad]))
+            self.flag(key, bad, "has NaN/Inf" if nan_inf.any() else "has values beyond float32's range")
+        return bad
+
+    @property
+    def dropped(self) -> int:
+        return int((~self.keep).sum())
+
+    def finish(self) -> np.ndarray:
+        """The rows kept; a DataError when every row was dropped."""
+        if len(self.keep) and not self.keep.any():
+            raise DataError(f"{self.name}: all {len(self.keep)} {self.unit} have bad labels "
+                            f"({'; '.join(self.reasons)}); nothing is left to use")
+        return self.keep
