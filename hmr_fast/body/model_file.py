@@ -13,8 +13,11 @@ Public: `load_model_file`, `validate_model_data`, `ModelFileError`, `UnsafePickl
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
+import pickletools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,24 +125,110 @@ _NUMPY_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy(._)core.multiarray._re
 _NUMPY_SCALAR = np.float64(0).__reduce__()[0]  # numpy(._)core.multiarray.scalar
 
 
+# numpy's C __setstate__ of dtypes and arrays trusts its input: a malformed state (found by
+# fuzzing: a 6-tuple dtype state) crashes the interpreter. So a pickled dtype becomes an inert
+# `_PickledDtype` whose state is checked here, and arrays are rebuilt as `_CheckedArray`s
+# whose __setstate__ checks (version, shape, dtype, order, bytes) before numpy sees them.
+_DTYPE_DESCR = re.compile(r"[biufc][1-9][0-9]?|[SU][0-9]{1,6}|\?")
+
+
+class _PickledDtype:
+    """A pickled numpy dtype: the type string from `dtype(descr, align, copy)` and the byte
+    order from its BUILD state; `resolve()` makes the numpy dtype (numeric, bool, bytes and
+    str kinds only: no objects, no structured dtypes)."""
+
+    __slots__ = ("descr", "byteorder")
+
+    def __init__(self, descr, align=False, copy=False):
+        if isinstance(descr, bytes):
+            descr = descr.decode("latin1")
+        if not isinstance(descr, str) or not _DTYPE_DESCR.fullmatch(descr):
+            raise UnsafePickleError(f"numpy dtype {descr!r} is not allowed (numbers, bools and strings only)")
+        self.descr, self.byteorder = descr, "="
+
+    def __setstate__(self, state):
+        # (3, byteorder, subarray, names, fields, elsize, alignment, flags[, metadata])
+        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)
+                and state[1] in ("<", ">", "|", "=") and state[2:5] == (None, None, None)):
+            raise UnsafePickleError(f"numpy dtype {self.descr!r} with a malformed state {_clip(state)}")
+        self.byteorder = state[1]
+
+    def resolve(self) -> np.dtype:
+        dtype = np.dtype(self.descr)
+        return dtype.newbyteorder(self.byteorder) if self.byteorder in "<>" else dtype
+
+
+def _clip(value, limit: int = 80) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _real_dtype(dtype, where: str) -> np.dtype:
+    if isinstance(dtype, _PickledDtype):
+        return dtype.resolve()
+    if isinstance(dtype, np.dtype) and not dtype.hasobject and dtype.names is None and dtype.subdtype is None:
+        return dtype
+    raise UnsafePickleError(f"{where} with dtype {_clip(dtype)} is not allowed")
+
+
+class _CheckedArray(np.ndarray):
+    """What numpy's _reconstruct builds here: a plain ndarray whose pickled state is checked
+    before numpy's own __setstate__ gets it (viewed back as a plain ndarray on use)."""
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise UnsafePickleError(f"numpy array with a malformed state {_clip(state)}")
+        version, shape, dtype, is_fortran, raw = state
+        dtype = _real_dtype(dtype, "numpy array")
+        if isinstance(raw, str):  # Python 2 pickles keep the bytes in a str (read as latin1)
+            raw = raw.encode("latin1")
+        if not (version == 1 and isinstance(shape, tuple) and len(shape) <= 32
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+                and isinstance(is_fortran, (bool, int)) and isinstance(raw, bytes)):
+            raise UnsafePickleError(f"numpy array with a malformed state {_clip(state)}")
+        if int(np.prod(shape, dtype=object)) * dtype.itemsize != len(raw):
+            raise ModelFileError(f"numpy array of shape {shape} and dtype {dtype} with {len(raw)} bytes of data")
+        super().__setstate__((1, shape, dtype, bool(is_fortran), raw))
+
+
 def _reconstruct_array(subtype, shape, dtype):
-    # numpy's own rebuilder, but only for plain ndarrays (it would accept any subtype).
-    if subtype is not np.ndarray:
+    # numpy's own rebuilder, but only for plain ndarrays (it would accept any subtype), and
+    # building a _CheckedArray so the state that follows is checked.
+    if subtype is not _CHECKED["ndarray"]:
         raise UnsafePickleError(f"numpy _reconstruct asked for {subtype!r}, not numpy.ndarray")
-    return _NUMPY_RECONSTRUCT(subtype, shape, dtype)
+    if shape != (0,) or dtype not in (b"b", "b"):
+        raise UnsafePickleError(f"numpy _reconstruct({_clip(shape)}, {_clip(dtype)}): only the (0,), b'b' "
+                                "placeholder numpy writes is allowed")
+    return _NUMPY_RECONSTRUCT(_CheckedArray, (0,), b"b")
+
+
+def _refuse_ndarray_call(*args):
+    raise UnsafePickleError("numpy.ndarray called directly; only numpy's _reconstruct form of arrays is allowed")
 
 
 def _numpy_scalar(dtype, *data):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise UnsafePickleError(f"numpy scalar of dtype {dtype!r} is not allowed")
-    return _NUMPY_SCALAR(dtype, *data)
+    dtype = _real_dtype(dtype, "numpy scalar")
+    if len(data) != 1:
+        raise UnsafePickleError(f"numpy scalar with {len(data)} data arguments")
+    raw = data[0].encode("latin1") if isinstance(data[0], str) else data[0]
+    if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+        raise ModelFileError(f"numpy scalar of dtype {dtype} with {_clip(raw, 40)} as its data")
+    return _NUMPY_SCALAR(dtype, raw)
 
 
 def _frombuffer(buf, dtype, shape, order):
     # Protocol-5 arrays (Python 3.14 pickles by default with it).
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F"):
-        raise UnsafePickleError(f"numpy _frombuffer with dtype {dtype!r}, order {order!r}")
-    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order).copy()
+    dtype = _real_dtype(dtype, "numpy _frombuffer")
+    if order not in ("C", "F"):
+        raise UnsafePickleError(f"numpy _frombuffer with order {order!r}")
+    if not isinstance(buf, (bytes, bytearray)):
+        raise UnsafePickleError(f"numpy _frombuffer of a {type(buf).__name__}")
+    try:
+        # From a bytes copy: a view exporting the pickle's bytearray makes CPython complain
+        # ("deallocated bytearray object has exported buffers") when a later opcode fails.
+        return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order).copy()
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"numpy _frombuffer: {exc}") from None
 
 
 def _latin1_bytes(text, encoding):
@@ -164,6 +253,10 @@ _CHECKED = {
     "_reconstruct": _CheckedCallable("numpy _reconstruct", _reconstruct_array),
     "scalar": _CheckedCallable("numpy scalar", _numpy_scalar),
     "_frombuffer": _CheckedCallable("numpy _frombuffer", _frombuffer),
+    "dtype": _CheckedCallable("numpy dtype", _PickledDtype),
+    # numpy.ndarray only as _reconstruct's first argument: calling it (ndarray(shape, dtype,
+    # buffer, offset, strides)) is refused.
+    "ndarray": _CheckedCallable("numpy.ndarray", _refuse_ndarray_call),
     "encode": _CheckedCallable("_codecs.encode", _latin1_bytes),
     "_reconstructor": _CheckedCallable("copyreg._reconstructor", _reconstruct_object),
 }
@@ -176,8 +269,8 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"): _CHECKED["scalar"],
     ("numpy.core.numeric", "_frombuffer"): _CHECKED["_frombuffer"],
     ("numpy._core.numeric", "_frombuffer"): _CHECKED["_frombuffer"],
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): _CHECKED["ndarray"],
+    ("numpy", "dtype"): _CHECKED["dtype"],
     ("_codecs", "encode"): _CHECKED["encode"],
     ("copyreg", "_reconstructor"): _CHECKED["_reconstructor"],
     ("builtins", "object"): object,
@@ -222,15 +315,47 @@ class _ModelUnpickler(pickle.Unpickler):
         return self._stand_in_classes[key]
 
 
+def _reason(exc: BaseException, limit: int = 160) -> str:
+    """A library's complaint about a file as one short line, without advice to load it
+    unsafely (numpy suggests allow_pickle=True for object arrays; we never do)."""
+    text = " ".join(str(exc).split())
+    if "allow_pickle" in text or "pickle.load" in text:
+        return "it holds pickled Python objects, which are refused"
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+def _check_memo_indices(data: bytes) -> None:
+    """Refuse memo indices beyond the pickle's opcode count before unpickling: the C unpickler
+    grows its memo table to any index a PUT names (found by fuzzing: `p` followed by a long
+    number stalled a load for many seconds on one large allocation). A pickler numbers its
+    memo entries 0, 1, 2, ..., at most one per opcode, so real files never do this."""
+    ops = 0
+    for op, arg, _pos in pickletools.genops(data):  # reads the opcodes only; nothing is built
+        ops += 1
+        if op.name in _MEMO_OPS and isinstance(arg, int) and not 0 <= arg <= ops:
+            raise ValueError(f"memo index {arg} at opcode {ops} (a pickler numbers them from 0)")
+        if op.name == "STOP":
+            return
+
+
 def _read_pickle(path: Path) -> dict:
     with open(path, "rb") as f:
+        data = f.read()
+    try:
+        _check_memo_indices(data)
+    except Exception as exc:  # genops' complaints about a malformed pickle: a bad file
+        raise ModelFileError(f"{path}: not a readable SMPL model pickle ({_reason(exc)})") from None
+    with io.BytesIO(data) as f:
         try:
             raw = _ModelUnpickler(f).load()
         except UnsafePickleError as exc:
-            raise UnsafePickleError(f"{path}: {exc}") from None
+            raise UnsafePickleError(f"{path}: {' '.join(str(exc).split())}") from None
         except Exception as exc:  # a corrupt pickle can fail in many ways; all mean "bad file"
-            raise ModelFileError(f"{path}: not a readable SMPL model pickle "
-                                 f"({type(exc).__name__}: {exc})") from exc
+            raise ModelFileError(f"{path}: not a readable SMPL model pickle ({_reason(exc)})") from exc
     if not isinstance(raw, dict):
         raise ModelFileError(f"{path}: expected a pickled dict, found {type(raw).__name__}")
     return raw
@@ -238,26 +363,34 @@ def _read_pickle(path: Path) -> dict:
 
 def _read_npz(path: Path) -> dict:
     # Read only the keys we use: smplx's npz files may hold object arrays we never need.
+    # numpy's readers fail on damaged files in many ways (EOFError, SyntaxError from the
+    # header, zipfile and zlib errors, ...); with allow_pickle=False none of them runs code.
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from exc
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive of named arrays")
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a readable .npz file ({_reason(exc)})") from exc
     with npz:
         raw = {}
         for key in _REQUIRED_KEYS + _OPTIONAL_KEYS:
             if key in npz.files:
                 try:
                     raw[key] = npz[key]
-                except ValueError as exc:  # object arrays refuse to load without pickle
-                    raise ModelFileError(f"{path}: entry '{key}' cannot be read ({exc})") from exc
+                except Exception as exc:  # object arrays refuse to load without pickle; damaged members
+                    raise ModelFileError(f"{path}: entry '{key}' cannot be read ({_reason(exc)})") from exc
         return raw
 
 
 def _read_npy(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not a readable .npy array ({exc})") from exc
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:  # as in _read_npz: every failure means a damaged file
+        raise ModelFileError(f"{path}: not a readable .npy array ({_reason(exc)})") from exc
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise ModelFileError(f"{path}: expected a .npy array, found an .npz archive")
+    return array
 
 
 # --------------------------------------------------------------------------------------
@@ -270,7 +403,7 @@ def _to_array(value, key: str, depth: int = 0) -> np.ndarray:
         raise ModelFileError(f"'{key}': chumpy expression nested deeper than "
                              f"{_MAX_EXPRESSION_DEPTH} levels (or cyclic)")
     if isinstance(value, np.ndarray):
-        return value
+        return value.view(np.ndarray) if type(value) is not np.ndarray else value
     if isinstance(value, _SparseObject):
         return _sparse_to_dense(value, key, depth)
     if isinstance(value, _ChumpyObject):
@@ -467,9 +600,10 @@ def _read_model_file(path: Path) -> dict:
     raise ModelFileError(f"{path}: unknown model file type {suffix!r}; expected .pkl or .npz")
 
 
-def _find_extra_regressors(model_path: Path, given: Path) -> dict:
+def _find_extra_regressors(model_path: Path, given: Path, num_vertices: int) -> dict:
     """SPIN's J_regressor_h36m.npy / J_regressor_extra.npy beside the model file, or in the
-    folder the caller named (SPIN keeps them in data/, the models in data/smpl/)."""
+    folder the caller named (SPIN keeps them in data/, the models in data/smpl/); each is
+    checked here, so an error names its file."""
     folders = [model_path.parent]
     if given.is_dir() and given.resolve() != model_path.parent.resolve():
         folders.append(given)
@@ -480,6 +614,9 @@ def _find_extra_regressors(model_path: Path, given: Path) -> dict:
             if path.is_file():
                 array = _read_npy(path)
                 _require_numeric(array, f"extra_regressors['{name}'] ({path})", "iuf")
+                joints = EXTRA_REGRESSOR_JOINTS.get(name)
+                _check_array(f"extra_regressors['{name}'] ({path})", array, (joints, num_vertices),
+                             f"({joints if joints else 'J'}, V={num_vertices})", "iuf")
                 found[name] = np.ascontiguousarray(array, dtype=np.float64)
                 break
     return found
@@ -498,9 +635,19 @@ def load_model_file(path, gender: str = "neutral") -> SMPLModelData:
     given = Path(os.fspath(path))
     model_path = _resolve_model_path(given, gender)
     source = str(model_path.resolve())
-    data = _model_from_raw(_read_model_file(model_path), source)
-    extras = {**data.extra_regressors, **_find_extra_regressors(model_path, given)}
-    return validate_model_data(dataclasses.replace(data, extra_regressors=extras))
+    try:
+        data = validate_model_data(_model_from_raw(_read_model_file(model_path), source))
+        extras = {**data.extra_regressors,
+                  **_find_extra_regressors(model_path, given, data.v_template.shape[0])}
+        _check_extra_regressors(extras, data.v_template.shape[0])
+        return dataclasses.replace(data, extra_regressors=extras)
+    except ModelFileError as exc:
+        # Messages about an array ('weights': ...) name the field; add the file they came from
+        # (errors about a regressor file beside the model name that file).
+        message = " ".join(str(exc).split())
+        if any(str(named) in message for named in (model_path, source, model_path.parent, given)):
+            raise
+        raise type(exc)(f"{model_path}: {message}") from None
 
 
 # --------------------------------------------------------------------------------------

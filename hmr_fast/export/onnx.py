@@ -22,6 +22,7 @@ import torch
 
 from hmr_fast.atomic import atomic_path
 from hmr_fast.devices import DTYPES
+from hmr_fast.errors import CheckpointError
 from hmr_fast.model import OUTPUT_NAMES, InferenceModel, load_checkpoint
 from hmr_fast.model.artefact import METADATA_KEY, export_metadata, parse_metadata
 
@@ -88,12 +89,21 @@ def export_onnx(checkpoint, out_path, opset: int = DEFAULT_OPSET, smpl_graph: st
 
 
 def read_metadata(path) -> dict:
+    """The hmr_fast metadata of an exported .onnx file; FileNotFoundError when it is missing,
+    CheckpointError (naming the file) when it is not an ONNX model or not one of ours."""
     onnx = _need_onnx()
-    proto = onnx.load(str(path), load_external_data=False)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX model {path} not found")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError, or onnx's checks of a damaged model
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise CheckpointError(f"{path} is not an ONNX model ({reason}); expected an .onnx file written by "
+                              "`hmr-fast export --format onnx`") from None
     for entry in proto.metadata_props:
         if entry.key == METADATA_KEY:
             return parse_metadata(entry.value, path)
-    raise ValueError(f"{path} has no hmr_fast metadata (not written by `hmr-fast export`)")
+    raise CheckpointError(f"{path} has no hmr_fast metadata (not written by `hmr-fast export`)")
 
 
 @torch.inference_mode()

@@ -12,12 +12,14 @@ exported file carries besides its weights is hmr_fast.model.artefact's.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from hmr_fast.devices import DTYPES, resolve_device, resolve_precision
+from hmr_fast.errors import CheckpointError
 from hmr_fast.model import OUTPUT_NAMES, InferenceModel, load_checkpoint
 from hmr_fast.model.artefact import METADATA_KEY, backend_for_path, parse_metadata, read_sidecar
 
@@ -156,11 +158,22 @@ class OnnxRuntimeBackend(Backend):
         # decoder, encoder and rendering threads (on 2 cores it cut the video FPS by 2.5x).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
-        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            meta = self.session.get_modelmeta().custom_metadata_map
+        except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, Fail, ...): all mean "not a model"
+            raise CheckpointError(f"{path} is not an ONNX model onnxruntime can load ({_first_line(exc)}); expected "
+                                  "an .onnx file written by `hmr-fast export --format onnx`") from None
         if meta.get(METADATA_KEY) is None:
-            raise ValueError(f"{path} has no hmr_fast metadata: export it with `hmr-fast export --format onnx`")
+            raise CheckpointError(f"{path} is an ONNX model without hmr_fast metadata: export it with "
+                                  "`hmr-fast export --format onnx`")
         info = parse_metadata(meta[METADATA_KEY], path)
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        missing = [name for name in OUTPUT_NAMES if name != "vertices" and name not in outputs]
+        if inputs != ["images"] or missing:
+            raise CheckpointError(f"{path}: the ONNX graph has inputs {inputs} and outputs {outputs}; expected the "
+                                  f"input ['images'] and the outputs {list(OUTPUT_NAMES)}")
         self.img_size = int(info["img_size"])
         self.joint_set = info["joint_set"]
         self.smpl_model = info.get("smpl_model")
@@ -182,6 +195,8 @@ class TensorRTBackend(Backend):
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"backend 'tensorrt' runs on a CUDA device, got {self.device}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"TensorRT engine {path} not found")
         meta = read_sidecar(path)
         self.runner = EngineRunner(path, self.device)
         self.img_size = int(meta["img_size"])
@@ -213,19 +228,47 @@ class AOTIBackend(Backend):
 
 
 def load_package(path, device=None):
-    """(runner, metadata) of an AOTInductor package written by `hmr-fast export --format aoti`."""
+    """(runner, metadata) of an AOTInductor package written by `hmr-fast export --format aoti`.
+
+    A .pt2 package holds compiled native code, which runs when it is loaded: load only packages
+    you exported yourself. The archive is checked first (a zip with an AOTInductor model and
+    hmr_fast metadata), so random bytes or another file with this suffix give CheckpointError.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"AOTInductor package {path} not found")
-    runner = torch._inductor.aoti_load_package(str(path))
-    meta = runner.get_metadata() if hasattr(runner, "get_metadata") else {}
-    if METADATA_KEY not in meta:
-        raise ValueError(f"{path} has no hmr_fast metadata (not written by `hmr-fast export --format aoti`)")
+    expected = "expected a .pt2 package written by `hmr-fast export --format aoti`"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except Exception as exc:  # BadZipFile, or zipfile's other complaints about damaged archives
+        raise CheckpointError(f"{path} is not an AOTInductor package: not a readable zip archive "
+                              f"({_first_line(exc)}); {expected}") from None
+    if not any("/data/aotinductor/" in f"/{name}" for name in names):
+        listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise CheckpointError(f"{path} is a zip archive without an AOTInductor model (data/aotinductor/; found "
+                              f"{len(names)} entries: {listed or 'none'}); {expected}")
+    try:
+        runner = torch._inductor.aoti_load_package(str(path))
+        meta = runner.get_metadata() if hasattr(runner, "get_metadata") else {}
+    except Exception as exc:  # torch's loader: a damaged archive, a library built for another torch
+        raise CheckpointError(f"{path}: AOTInductor cannot load this package ({_first_line(exc)}); "
+                              f"{expected}, with this torch version") from None
+    if not isinstance(meta, dict) or METADATA_KEY not in meta:
+        raise CheckpointError(f"{path} has no hmr_fast metadata (not written by `hmr-fast export --format aoti`)")
     info = parse_metadata(meta[METADATA_KEY], path)
     if device is not None and torch.device(device).type != info.get("device", "cpu"):
-        raise ValueError(f"{path} was compiled for {info.get('device')!r}, not {torch.device(device).type!r}: "
-                         "export it again with --device")
+        raise CheckpointError(f"{path} was compiled for {info.get('device')!r}, not {torch.device(device).type!r}: "
+                              "export it again with --device")
     return runner, info
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message as one short line (the libraries' messages span many)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return "unreadable" if "weights_only" in text else text
 
 
 def make_backend(checkpoint, backend: str = "auto", device=None, precision: str = "auto",

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from hmr_fast.errors import CheckpointError
+
 INSTALL_HINT = ("TensorRT is not installed. Install it from NVIDIA's index, e.g. "
                 "`pip install tensorrt-cu12` (or `pip install 'hmr_fast[trt]'`; the PyPI package downloads the "
                 "real wheels from pypi.nvidia.com), on a machine with an NVIDIA GPU and driver. "
@@ -52,16 +54,23 @@ class EngineRunner:
         self.device = torch.device(device)
         with torch.cuda.device(self.device):
             self.runtime = trt.Runtime(trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING))
-            self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            try:
+                self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            except Exception as exc:  # some TensorRT versions raise where others return None
+                self.engine = None
+                reason = " ".join(str(exc).split())[:160]
+            else:
+                reason = "it returned no engine"
             if self.engine is None:
-                raise RuntimeError(f"TensorRT could not load {engine_path} (built by another TensorRT version or "
-                                   "for another GPU? rebuild it with `hmr-fast export --format tensorrt`)")
+                raise CheckpointError(f"TensorRT could not load {engine_path} ({reason}): not an engine, or one built "
+                                      "by another TensorRT version or for another GPU; rebuild it with "
+                                      "`hmr-fast export --format tensorrt`")
             self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         if self.inputs != ["images"]:
-            raise ValueError(f"{engine_path}: expected one input 'images', found {self.inputs}")
+            raise CheckpointError(f"{engine_path}: expected an engine with one input 'images', found {self.inputs}")
         _min, _opt, max_shape = self.engine.get_tensor_profile_shape("images", 0)
         self.max_batch = int(max_shape[0])
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from hmr_fast.atomic import atomic_path
+from hmr_fast.errors import CheckpointError
 
 from .inference import OUTPUT_NAMES
 
@@ -36,14 +37,43 @@ def export_metadata(config: dict) -> dict:
 
 
 def parse_metadata(text, source) -> dict:
-    """The metadata dict from its JSON text; ValueError naming `source` when it is not ours."""
+    """The metadata dict from its JSON text; CheckpointError (a ValueError) naming `source`
+    when it is not ours: not JSON, another format, or without the facts inference needs."""
     try:
         meta = json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         meta = None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{source} is not hmr_fast export metadata (format {EXPORT_FORMAT!r} expected)")
+    expected = f"expected the JSON `hmr-fast export` writes (format {EXPORT_FORMAT!r})"
+    if not isinstance(meta, dict):
+        found = "no valid JSON" if meta is None else f"JSON holding a {type(meta).__name__}"
+        raise CheckpointError(f"{source} is not hmr_fast export metadata: found {found}; {expected}")
+    if meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{source} is not hmr_fast export metadata: format {_short(meta.get('format'))}; "
+                              f"{expected}")
+    for key, ok, wanted in _METADATA_FIELDS:
+        if not ok(meta.get(key)):
+            found = "missing" if key not in meta else _short(meta[key])
+            raise CheckpointError(f"{source}: hmr_fast export metadata {key!r} is {found}; expected {wanted}")
     return meta
+
+
+def _short(value, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# key, check, what is expected: the facts the inference backends read from an export's metadata.
+_METADATA_FIELDS = (
+    ("img_size", _positive_int, "a positive int"),
+    ("joint_set", lambda v: isinstance(v, str), "a joint set name"),
+    ("smpl_model", lambda v: v is None or isinstance(v, str), "a body model path or null"),
+    ("max_batch", lambda v: v is None or _positive_int(v), "a positive int or null"),
+    ("device", lambda v: v is None or isinstance(v, str), "a device type or null"),
+)
 
 
 def write_sidecar(path, metadata: dict) -> Path:
@@ -59,4 +89,9 @@ def read_sidecar(path) -> dict:
     if not sidecar.is_file():
         raise FileNotFoundError(f"{sidecar} not found: `hmr-fast export` writes it beside {path} "
                                 "(img_size, joint_set, body model); keep the two together")
-    return parse_metadata(sidecar.read_text(), sidecar)
+    try:
+        text = sidecar.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{sidecar} cannot be read ({exc.strerror or exc}); it holds {path}'s "
+                              "metadata (img_size, joint_set, body model)") from None
+    return parse_metadata(text, sidecar)

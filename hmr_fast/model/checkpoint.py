@@ -10,9 +10,18 @@ A checkpoint is a dict of tensors, dicts, lists, strings and numbers only:
                 rng states, data position); inference reads only config and model.
 Writing goes to a temp file in the same folder, fsync, then os.replace: a crash mid-write
 leaves the previous checkpoint intact, never a torn one.
+
+Reading trusts nothing in the file: it must be the zip archive torch.save writes (a bare pickle
+is refused unread), its pickle is read by torch's weights-only unpickler (a global outside
+plain data is refused and nothing from the file runs), and every way it can fail - random
+bytes, a truncated archive, another program's file, a config or weights that do not fit -
+raises CheckpointError with one line naming the file, what was found and what is expected.
+A missing file is FileNotFoundError.
 """
 from __future__ import annotations
 
+import pickletools
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,6 +29,7 @@ from pathlib import Path
 import torch
 
 from hmr_fast.atomic import atomic_path
+from hmr_fast.errors import CheckpointError, HmrFastError
 from hmr_fast.body import SMPL
 from hmr_fast.body.smplx_layer import SmplxLayer
 
@@ -27,6 +37,11 @@ from .hmr import HMR
 
 FORMAT = "hmr_fast.checkpoint/1"
 SMPL_PREFIX = "smpl."
+# What every checkpoint holds, and what its config's model section needs to rebuild the HMR.
+REQUIRED_KEYS = ("format", "config", "model")
+MODEL_CONFIG_KEYS = {"backbone": str, "pose_repr": str, "ief_iters": int, "img_size": int, "joint_set": str}
+EXPECTED = "an hmr_fast checkpoint (the zip archive `hmr-fast train` or `hmr-fast pack` writes)"
+PLAIN_DATA = "tensors, dicts, lists, strings and numbers"
 
 
 def model_state(model) -> dict:
@@ -43,17 +58,158 @@ def save_checkpoint(path, model, config: dict, step: int = 0, **state) -> None:
 
 
 def read_checkpoint(path, map_location="cpu") -> dict:
-    """The raw checkpoint dict; never unpickles code (weights_only=True)."""
+    """The raw checkpoint dict; never unpickles code (weights_only=True).
+
+    FileNotFoundError when there is no such file; CheckpointError (one line naming the file)
+    for anything that is not a readable hmr_fast checkpoint.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; expected {EXPECTED}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an hmr_fast checkpoint (format {FORMAT!r} expected)")
-    for key in ("config", "model"):
-        if key not in payload:
-            raise ValueError(f"{path}: checkpoint is missing key {key!r}")
+    _check_archive(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # every failure here is the file's: say so, without torch's advice
+        raise CheckpointError(f"{path}: {_load_failure(exc)}; expected {EXPECTED}") from None
+    _check_payload(payload, path)
     return payload
+
+
+def _a(value) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiouAEIOU' else 'a'} {name}"
+
+
+def _one_line(text, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, before torch sees them, files that are not a torch zip archive (torch would
+    fall back to unpickling them as a legacy file) and archives without their data.pkl."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}); expected {EXPECTED}") from None
+    if not head.startswith(b"PK\x03\x04"):
+        raise CheckpointError(f"{path} is not a checkpoint: it is {_describe(head)}, not a zip archive; "
+                              f"nothing in it was loaded; expected {EXPECTED}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except Exception as exc:  # zipfile's errors on damaged archives vary (BadZipFile, ValueError, ...)
+        raise CheckpointError(f"{path} is a truncated or damaged zip archive ({_one_line(exc, 120)}): copy or "
+                              f"download it again; expected {EXPECTED}") from None
+    if not any(name.count("/") == 1 and name.endswith("/data.pkl") for name in names):
+        listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise CheckpointError(f"{path} is a zip archive but not a torch checkpoint: it has no data.pkl "
+                              f"(found {len(names)} entries: {listed or 'none'}); expected {EXPECTED}")
+
+
+def _describe(head: bytes) -> str:
+    """What a file that is not a zip archive looks like, from its first bytes (nothing is run)."""
+    if not head:
+        return "empty (0 bytes)"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        found = _pickle_globals(head)
+        asks = f" that asks for {', '.join(found)}" if found else ""
+        return f"a bare pickle{asks} (refused unread: checkpoints are never bare pickles)"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy .npy array"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c.isspace() for c in text):
+        return "a text file"
+    return f"unknown bytes (starting {head[:8].hex(' ')})"
+
+
+def _pickle_globals(head: bytes, limit: int = 3) -> list:
+    """The globals a pickle's first bytes name, read with pickletools (nothing is unpickled)."""
+    found, strings = [], []
+    try:
+        for op, arg, _pos in pickletools.genops(head):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+            if len(found) >= limit:
+                break
+    except Exception:  # the head is cut off, or not a pickle after all: report what was seen
+        pass
+    return [_one_line(name, 60) for name in found]
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(.+)")
+
+
+def _load_failure(exc: Exception) -> str:
+    """What went wrong in torch.load, in our words: never torch's advice to load unsafely."""
+    message = str(exc)
+    refused = _GLOBAL.search(message)
+    if refused:
+        return (f"its pickle asks for the global {refused.group(1)}, which is refused: a checkpoint holds only "
+                f"{PLAIN_DATA}; unpickling stopped there and nothing from the file ran")
+    if "weights_only" in message or isinstance(exc, (EOFError, KeyError)) or "nickl" in type(exc).__name__:
+        reason = _UNPICKLER_REASON.search(message)
+        detail = _one_line(reason.group(1), 80) if reason else _one_line(f"{type(exc).__name__}: {exc}", 80)
+        if "weights_only" in detail or "safe_globals" in detail:
+            detail = type(exc).__name__
+        return f"its pickle (data.pkl) cannot be read as plain {PLAIN_DATA} ({detail}); nothing from the file ran"
+    detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", _one_line(message, 160))
+    if "weights_only" in detail or "safe_globals" in detail:
+        detail = type(exc).__name__
+    return f"the archive is damaged or truncated ({type(exc).__name__}: {detail})"
+
+
+def _check_payload(payload, path: Path) -> None:
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} is not an hmr_fast checkpoint: it holds {_a(payload)}, "
+                              f"expected a dict with format {FORMAT!r}")
+    if payload.get("format") != FORMAT:
+        keys = ", ".join(_one_line(repr(k), 40) for k in list(payload)[:6])
+        raise CheckpointError(f"{path} is not an hmr_fast checkpoint: format {_one_line(repr(payload.get('format')), 60)}"
+                              f" (expected {FORMAT!r}); its keys: {keys or 'none'}")
+    for key in REQUIRED_KEYS:
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint is missing key {key!r} (an hmr_fast checkpoint has "
+                                  f"{', '.join(map(repr, REQUIRED_KEYS))})")
+    config = payload["config"]
+    model_config = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model_config, dict):
+        found = (f"config is {_a(config)}" if not isinstance(config, dict)
+                 else "config has no model section" if "model" not in config
+                 else f"config['model'] is {_a(model_config)}")
+        raise CheckpointError(f"{path}: the checkpoint's {found}; expected config['model'] to be a dict "
+                              f"({', '.join(MODEL_CONFIG_KEYS)}, ...)")
+    for key, kind in MODEL_CONFIG_KEYS.items():
+        value = model_config.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            found = "missing" if key not in model_config else f"{_one_line(repr(value), 60)}"
+            raise CheckpointError(f"{path}: the checkpoint's config['model'][{key!r}] is {found}; expected "
+                                  f"{'an int' if kind is int else 'a string'}")
+    _check_state(payload["model"], path, "model")
+
+
+def _check_state(state, source, name: str = "model") -> None:
+    """A state dict: string keys, tensor values."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: the checkpoint's {name!r} is {_a(state)}; expected a dict "
+                              "of weight tensors (a state dict)")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: the checkpoint's {name!r} has entry {_one_line(repr(key), 60)} holding "
+                                  f"{_a(value)}; expected a dict of weight tensors (a state dict)")
 
 
 def build_smpl(model_config: dict, device=None):
@@ -84,11 +240,17 @@ def load_checkpoint(path, map_location="cpu", smpl=None, smpl_backend: str = "au
     `smpl_backend` ("auto": the Triton kernels on CUDA), whatever backend training used;
     pass `smpl` to supply one instead.
     """
-    payload = read_checkpoint(path, map_location)
+    payload = read_checkpoint(path, "cpu")  # moved below: a device error is then never taken for the file's
     config = payload["config"]
-    if smpl is None:
-        smpl = build_smpl({**config["model"], "smpl_backend": smpl_backend})
-    model = build_model(config["model"], smpl=smpl, pretrained=False)
+    try:
+        if smpl is None:
+            smpl = build_smpl({**config["model"], "smpl_backend": smpl_backend})
+        model = build_model(config["model"], smpl=smpl, pretrained=False)
+    except HmrFastError:  # the body model file it names is bad: that error names the file
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's config['model'] does not build a model "
+                              f"({type(exc).__name__}: {_one_line(exc, 160)})") from None
     load_weights(model, payload["model"], path, skip_prefix=SMPL_PREFIX)
     return model.to(map_location).eval(), config
 
@@ -96,15 +258,28 @@ def load_checkpoint(path, map_location="cpu", smpl=None, smpl_backend: str = "au
 def load_weights(module, state: dict, source, skip_prefix: str = "") -> None:
     """Load `state` into `module` (its keys under skip_prefix excepted), every key and shape
     matching; float16 weights (packed checkpoints) are cast to the module's dtypes.
-    ValueError, naming `source` and the first misfits, when they do not fit."""
+    CheckpointError (a ValueError), naming `source` and the first misfits, when they do not fit:
+    weights saved from another architecture (backbone, pose representation, joint set)."""
+    _check_state(state, source)
     own = {k: v for k, v in module.state_dict().items() if not (skip_prefix and k.startswith(skip_prefix))}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     reshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or reshaped:
-        raise ValueError(f"{source}: weights do not fit the model (missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}, other shapes {reshaped[:5]})")
+    retyped = sorted(k for k in set(own) & set(state) if k not in reshaped
+                     and own[k].is_floating_point() != (state[k].is_floating_point() and not state[k].is_complex()))
+    if missing or unexpected or reshaped or retyped:
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in reshaped[:3]]
+        raise CheckpointError(
+            f"{source}: weights do not fit the model (missing {missing[:5]}"
+            f"{_more(missing)}, unexpected {unexpected[:5]}{_more(unexpected)}, other shapes {reshaped[:5]}"
+            f"{_more(reshaped)}{' [' + '; '.join(shapes) + '] (file vs model)' if shapes else ''}"
+            f"{f', other dtypes {retyped[:5]}' if retyped else ''}): they are from another architecture "
+            "(backbone, pose_repr, ief_iters, joint_set) than the model they are loaded into")
     module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=False)
+
+
+def _more(keys: list) -> str:
+    return f" and {len(keys) - 5} more" if len(keys) > 5 else ""
 
 
 def pack_checkpoint(src, dst) -> Path:
@@ -120,7 +295,7 @@ def pack_checkpoint(src, dst) -> Path:
     dst = Path(dst)
     with atomic_path(dst) as packed, tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         plain = Path(tmp) / "plain.pt"
-        torch.save({"format": FORMAT, "config": ckpt["config"], "model": model, "step": ckpt["step"]}, plain)
+        torch.save({"format": FORMAT, "config": ckpt["config"], "model": model, "step": ckpt.get("step", 0)}, plain)
         with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zout:
             for info in zin.infolist():
                 zout.writestr(info.filename, zin.read(info.filename))
