@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from hmr_fast.errors import DeviceError
+from hmr_fast.errors import DeviceError, UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -28,11 +28,11 @@ def resolve_device(device=None) -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto": bf16 on CUDA, fp32 on the CPU; fp16 only on CUDA (CPU convolutions lack it)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision 'fp16' needs a CUDA device (CPU convolutions in fp16 are not supported); "
+        raise UsageError("precision 'fp16' needs a CUDA device (CPU convolutions in fp16 are not supported); "
                          "use 'fp32' or 'bf16'")
     return precision
 

@@ -23,6 +23,10 @@ class DataError(HmrFastError, ValueError):
     """A dataset, keypoint or pose-prior file that cannot be used (the file, key and rows named)."""
 
 
+class UsageError(HmrFastError, ValueError):
+    """An argument outside the values it accepts, or arguments that do not go together."""
+
+
 class DeviceError(HmrFastError, RuntimeError):
     """A device asked for that is not there (e.g. CUDA on a machine without a GPU)."""
 

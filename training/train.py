@@ -44,7 +44,7 @@ from hmr_fast.data.loader import MixedDataset, make_eval_loader, make_train_load
 from hmr_fast.data.prior import PosePrior
 from hmr_fast.data.spin_npz import SpinDataset
 from hmr_fast.devices import DEVICES, resolve_device
-from hmr_fast.errors import TrainingDiverged
+from hmr_fast.errors import CheckpointError, TrainingDiverged
 from hmr_fast.model import Discriminator, build_model, build_smpl, lsgan_discriminator_loss, lsgan_generator_loss
 from hmr_fast.model.checkpoint import SMPL_PREFIX, load_weights, read_checkpoint, save_checkpoint
 from hmr_fast.rotations import rodrigues
@@ -304,6 +304,11 @@ class Trainer:
                  "" if "discriminator" in ckpt else "; it has no discriminator, which starts fresh")
 
     def _restore(self, ckpt: dict) -> None:
+        missing = [k for k in ("discriminator", "optimizers", "schedulers", "step", "data", "rng") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{self.out_dir / CHECKPOINT} cannot be resumed: it has no trainer state {missing} "
+                                  "(a packed or exported checkpoint); start a new run from its weights with "
+                                  "model.init=PATH instead")
         self.model.load_state_dict({**self.model.state_dict(), **ckpt["model"]})
         self.discriminator.load_state_dict(ckpt["discriminator"])
         self.e_opt.load_state_dict(ckpt["optimizers"]["encoder"])

@@ -29,6 +29,7 @@ import numpy as np
 
 from hmr_fast.body.joint_sets import HMR19_NAMES, SMPLX_EXTRA_VERTICES
 from hmr_fast.body.model_data import SMPL_JOINT_NAMES
+from hmr_fast.data.dataset import read_npz
 from hmr_fast.data.keypoints import COCO17_NAMES, spin24_to_hmr19
 from hmr_fast.errors import DataError
 
@@ -116,14 +117,18 @@ def read_keypoints(path, format: Optional[str] = None) -> KeypointSet:
 def _load_json(path):
     try:
         return json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DataError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
 
 
 def _checked(keypoints, path, key, count) -> np.ndarray:
+    """(N, count, 3) float64 from nested lists or an array; DataError naming the file otherwise."""
+    if isinstance(keypoints, np.ndarray) and keypoints.dtype.kind not in "biuf":
+        raise DataError(f"{path}: {key} must be real numbers, got dtype {keypoints.dtype}")
     try:
         kp = np.asarray(keypoints, dtype=np.float64)
-    except (TypeError, ValueError):
+        kp = kp.reshape(-1, count, 3) if kp.ndim == 2 and kp.shape[1] == 3 * count else kp
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"{path}: {key} must be numbers") from None
     if kp.ndim != 3 or kp.shape[1:] != (count, 3):
         raise DataError(f"{path}: {key} must be (N, {count}, 3) pixels + confidence, got shape {kp.shape}")
@@ -146,39 +151,44 @@ def _read_openpose(path, data=None) -> KeypointSet:
         if not isinstance(values, list) or len(values) != 75:
             raise DataError(f"{path}: people[{i}].pose_keypoints_2d must be 75 numbers (BODY_25 x, y, c)")
         flat.append(values)
-    kp = _checked(np.reshape(flat, (-1, 25, 3)) if flat else np.zeros((0, 25, 3)), path, "pose_keypoints_2d", 25)
+    kp = _checked(flat if flat else np.zeros((0, 25, 3)), path, "pose_keypoints_2d", 25)
     stem = path.name.removesuffix("_keypoints.json").removesuffix(".json")
     return KeypointSet(kp, FORMATS["body25"], [f"{path.name}:{i}" for i in range(len(kp))], [stem] * len(kp),
                        source=str(path))
 
 
 def _read_coco(path, data) -> KeypointSet:
-    images = {im.get("id"): im.get("file_name") for im in data.get("images", []) if isinstance(im, dict)}
-    kps, ids, names, boxes = [], [], [], []
-    for i, ann in enumerate(data["annotations"]):
+    annotations, images = data.get("annotations"), data.get("images", [])
+    if not isinstance(annotations, list) or not isinstance(images, list):
+        raise DataError(f"{path}: a COCO json's 'annotations' and 'images' must be lists")
+    names = {im.get("id"): im.get("file_name") for im in images
+             if isinstance(im, dict) and isinstance(im.get("id"), (int, str)) and isinstance(im.get("file_name"), str)}
+    kps, ids, files, boxes = [], [], [], []
+    for i, ann in enumerate(annotations):
         values = ann.get("keypoints") if isinstance(ann, dict) else None
         if not isinstance(values, list) or len(values) != 51:
             raise DataError(f"{path}: annotations[{i}].keypoints must be 51 numbers (17 x, y, v)")
-        if not any(values[2::3]):
+        kp = _checked([values], path, f"annotations[{i}].keypoints", 17)[0]
+        if not (kp[:, 2] > 0).any():
             continue  # no labelled keypoint: nothing to fit
-        kps.append(values)
+        kps.append(kp)
         ids.append(str(ann.get("id", i)))
-        names.append(images.get(ann.get("image_id")))
+        image_id = ann.get("image_id")
+        files.append(names.get(image_id) if isinstance(image_id, (int, str)) else None)
         box = ann.get("bbox")
-        boxes.append([box[0], box[1], box[0] + box[2], box[1] + box[3]] if isinstance(box, list) and len(box) == 4
-                     else [np.nan] * 4)
-    kp = _checked(np.reshape(kps, (-1, 17, 3)) if kps else np.zeros((0, 17, 3)), path, "keypoints", 17)
+        try:
+            x, y, w, h = (float(v) for v in box) if isinstance(box, list) and len(box) == 4 else (np.nan,) * 4
+        except (TypeError, ValueError, OverflowError):
+            x = y = w = h = np.nan
+        boxes.append([x, y, x + w, y + h])
+    kp = np.asarray(kps, dtype=np.float64).reshape(-1, 17, 3)
     kp[..., 2] = (kp[..., 2] > 0).astype(np.float64)  # v = 1 (occluded) and 2 (visible) are both labelled
-    return KeypointSet(kp, FORMATS["coco17"], ids, names, np.asarray(boxes, np.float64).reshape(-1, 4),
+    return KeypointSet(kp, FORMATS["coco17"], ids, files, np.asarray(boxes, np.float64).reshape(-1, 4),
                        source=str(path))
 
 
 def _read_npz(path, format) -> KeypointSet:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable npz file ({type(exc).__name__})") from None
+    arrays = read_npz(path, ("part", "imgname", "keypoints", "format", "ids", "boxes", "images"))
     if "part" in arrays:  # SPIN: 24 keypoints, HMR's 19 of them modelled
         kp = spin24_to_hmr19(_checked(arrays["part"], path, "part", 24))
         fmt = FORMATS["hmr19"]

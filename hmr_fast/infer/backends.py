@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from hmr_fast.devices import DTYPES, resolve_device, resolve_precision
-from hmr_fast.errors import CheckpointError
+from hmr_fast.errors import CheckpointError, UsageError
 from hmr_fast.model import OUTPUT_NAMES, InferenceModel, load_checkpoint
 from hmr_fast.model.artefact import METADATA_KEY, backend_for_path, parse_metadata, read_sidecar
 
@@ -194,7 +194,7 @@ class TensorRTBackend(Backend):
     def __init__(self, path, device="cuda"):
         self.device = torch.device(device)
         if self.device.type != "cuda":
-            raise ValueError(f"backend 'tensorrt' runs on a CUDA device, got {self.device}")
+            raise UsageError(f"backend 'tensorrt' runs on a CUDA device, got {self.device}")
         if not Path(path).is_file():
             raise FileNotFoundError(f"TensorRT engine {path} not found")
         meta = read_sidecar(path)
@@ -276,16 +276,16 @@ def make_backend(checkpoint, backend: str = "auto", device=None, precision: str 
     """The backend `name` for `checkpoint` (a checkpoint, .onnx, .engine or .pt2 file).
     threads: onnxruntime's CPU threads (torch's are process-wide: torch.set_num_threads)."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
     device = resolve_device(device)
     kind = backend_for_path(checkpoint)
     if backend == "auto":
         backend = kind if kind != "checkpoint" else ("compiled" if device.type == "cuda" else "torch")
     if backend not in ("torch", "compiled") and kind != backend:
-        raise ValueError(f"backend {backend!r} needs its exported file (run `hmr-fast export` first); "
+        raise UsageError(f"backend {backend!r} needs its exported file (run `hmr-fast export` first); "
                          f"got {checkpoint}")
     if backend in ("torch", "compiled") and kind != "checkpoint":
-        raise ValueError(f"backend {backend!r} runs an hmr_fast checkpoint, got the exported file {checkpoint}")
+        raise UsageError(f"backend {backend!r} runs an hmr_fast checkpoint, got the exported file {checkpoint}")
     if backend == "torch":
         return TorchBackend(checkpoint, device, precision, with_vertices)
     if backend == "compiled":
