@@ -49,6 +49,8 @@ setup(
             "tensorrt-rtx-cu12; platform_system=='Linux' and platform_machine=='x86_64'",
         ],
         "trt": ["tensorrt"],
+        # the CPU SMPL benchmark's peers (benchmarks/bench_smpl_cpu.py skips any not installed)
+        "bench": ["pytest", "pytest-benchmark", "smplx==0.1.28", "smplfitter==0.6.0", "body-models[warp]==0.26.2"],
     },
     entry_points={"console_scripts": ["hmr-fast=hmr_fast.cli:main"]},
 )

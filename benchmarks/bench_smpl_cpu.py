@@ -1,30 +1,102 @@
-"""smplx against the reference backend on the CPU: forward and forward+backward, B = 1, 8, 64, 512.
+"""SMPL layers on the CPU, side by side in one process: the reference backend (eager and
+`compile=True`) against smplx, smplfitter (`smplfitter.pt.BodyModel`) and body-models (its
+torch kernels and, when warp-lang is installed, its Warp skinning). B = 1, 8, 64, 512; each
+batch size runs every implementation in turn (interleaved), so a noisy machine hits them alike.
 
-B = 8 is there because small batches once took a 10-20x slower path in MKL: the reference
-must not be slower than smplx anywhere.
+Peers come from `pip install -e .[bench]`; one that is not installed (or cannot load the
+mannequin) is skipped.
+
+Modes:
+- forward: vertices + joints, no autograd;
+- forward+backward: a loss on vertices and joints;
+- joints-only forward+backward: SMPL's 24 chain joints without vertices, what a fitting
+  iteration needs (smplfitter and body-models have joints-only paths; smplx has none and
+  poses the mesh); "reference hmr19" is the training loss's 19 keypoints, whose regressor
+  reads 1254 posed vertices.
 
 Run (one thread, so that the figures compare core for core):
-    pytest benchmarks/bench_smpl_cpu.py --benchmark-json benchmarks/results/cpu_smpl.json
-then `python benchmarks/summarize.py benchmarks/results/cpu_smpl.json` for the table.
+    pytest benchmarks/bench_smpl_cpu.py --benchmark-json benchmarks/results/cpu_smpl_peers.json
+With HMR_BENCH_LOADED=1, torch asks for 2 threads while another process keeps one core busy
+(the "under load" case; run it with -k "forward and 512" for the table's loaded rows).
+Table: `python benchmarks/summarize.py benchmarks/results/cpu_smpl_peers.json`.
 """
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
 import pytest
-import smplx
 import torch
 
 from hmr_fast import SMPL
 
 BATCHES = (1, 8, 64, 512)
+LOADED = os.environ.get("HMR_BENCH_LOADED") == "1"
+IMPLS = ("smplx", "smplfitter", "body-models", "body-models-warp", "reference", "reference-compiled")
+JOINT_IMPLS = IMPLS + ("reference-hmr19",)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+@pytest.fixture(scope="module", autouse=True)
+def threads():
+    """One torch thread; under HMR_BENCH_LOADED two, with a busy process on the other core."""
+    before = torch.get_num_threads()
+    busy = None
+    if LOADED:
+        torch.set_num_threads(2)
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    else:
+        torch.set_num_threads(1)
+    yield
+    if busy is not None:
+        busy.kill()
+        busy.wait()
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def layers(mannequin_data, mannequin_smplx_dir):
-    return {
-        "smplx": smplx.create(mannequin_smplx_dir, model_type="smpl"),
-        "reference": SMPL(model_path=mannequin_data, backend="reference"),
-    }
+    return {"_data": mannequin_data, "_smplx_dir": mannequin_smplx_dir}
+
+
+def _layer(layers, impl):
+    """Build a layer on first use; pytest.skip when its package is missing or fails to load."""
+    if impl not in layers:
+        try:
+            layers[impl] = _build(impl, layers["_data"], layers["_smplx_dir"])
+        except ImportError as err:
+            layers[impl] = err
+        except Exception as err:  # noqa: BLE001 - a peer that cannot load the mannequin is skipped, saying why
+            layers[impl] = err
+    if isinstance(layers[impl], Exception):
+        pytest.skip(f"{impl}: {layers[impl]!r}")
+    return layers[impl]
+
+
+def _build(impl, data, smplx_dir):
+    pkl = os.path.join(smplx_dir, "smpl", "SMPL_NEUTRAL.pkl")
+    if impl == "smplx":
+        import smplx
+
+        return smplx.create(smplx_dir, model_type="smpl")
+    if impl == "smplfitter":
+        import smplfitter.pt
+
+        root = tempfile.mkdtemp(prefix="smplfitter_")
+        os.symlink(pkl, os.path.join(root, "basicmodel_neutral_lbs_10_207_0_v1.1.0.pkl"))
+        np.save(os.path.join(root, "kid_template.npy"), np.zeros((data.num_vertices, 3)))  # all-zero: no kid shape
+        return smplfitter.pt.BodyModel("smpl", "neutral", model_root=root)
+    if impl in ("body-models", "body-models-warp"):
+        from body_models.smpl.torch import SMPL as BodyModelsSMPL
+
+        if impl == "body-models-warp":
+            import warp  # noqa: F401
+
+            return BodyModelsSMPL(model_path=pkl, kernel_backend="warp")
+        return BodyModelsSMPL(model_path=pkl)
+    if impl.startswith("reference"):
+        return SMPL(model_path=data, backend="reference", compile=impl == "reference-compiled")
+    raise ValueError(impl)
 
 
 def _inputs(batch, requires_grad=False):
@@ -36,57 +108,80 @@ def _inputs(batch, requires_grad=False):
     return {k: v.requires_grad_(requires_grad) for k, v in tensors.items()}
 
 
-def _rounds(batch):
-    return dict(rounds=max(5, 2000 // batch), warmup_rounds=2, iterations=1)
+def _run(impl, layer, inputs, vertices=True):
+    """(vertices or None, joints) of one forward, each implementation through its own API."""
+    b, pose, go, t = inputs["betas"], inputs["body_pose"], inputs["global_orient"], inputs["transl"]
+    if impl == "smplx":
+        out = layer(**inputs)
+        return out.vertices, out.joints
+    if impl == "smplfitter":
+        out = layer(pose_rotvecs=torch.cat([go, pose], 1), shape_betas=b, trans=t, return_vertices=vertices)
+        return out.get("vertices"), out["joints"]
+    if impl.startswith("body-models"):
+        kw = dict(pelvis_rotation=go, shape=b, global_translation=t)
+        joints = layer.forward_skeleton(pose.reshape(-1, 23, 3), **kw)[..., :3, 3]
+        return (layer.forward_vertices(pose.reshape(-1, 23, 3), **kw) if vertices else None), joints
+    joint_set = "hmr19" if impl == "reference-hmr19" else ("smplx45" if vertices else "smpl24")
+    out = layer(**inputs, return_verts=vertices, joint_set=joint_set)
+    return out.vertices, out.joints
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("impl", ["smplx", "reference"])
+def _rounds(batch, impl):
+    slow = impl in ("smplx", "body-models", "body-models-warp") and batch >= 64
+    return dict(rounds=max(5, (400 if slow else 2000) // batch), warmup_rounds=2, iterations=1)
+
+
+def _cases(impls):
+    return [(batch, impl) for batch in BATCHES for impl in impls]  # interleaved: every impl per batch
+
+
+@pytest.mark.parametrize("batch, impl", _cases(IMPLS))
 def test_forward(benchmark, layers, impl, batch):
-    layer, inputs = layers[impl], _inputs(batch)
+    layer, inputs = _layer(layers, impl), _inputs(batch)
     benchmark.group = f"forward B={batch}"
-    benchmark.extra_info.update(impl=impl, batch=batch, mode="forward")
+    benchmark.extra_info.update(impl=impl, batch=batch, mode="forward", loaded=LOADED,
+                                threads=torch.get_num_threads())
 
     def forward():
         with torch.no_grad():
-            return layer(**inputs).vertices
+            return _run(impl, layer, inputs)[0]
 
-    out = benchmark.pedantic(forward, **_rounds(batch))
+    out = benchmark.pedantic(forward, **_rounds(batch, impl))
     assert out.shape == (batch, 6890, 3)
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("impl", ["smplx", "reference"])
+@pytest.mark.parametrize("batch, impl", _cases(IMPLS))
 def test_forward_backward(benchmark, layers, impl, batch):
-    layer, inputs = layers[impl], _inputs(batch, requires_grad=True)
+    if impl == "body-models-warp":
+        pytest.skip("body-models' Warp skinning is forward-only here")
+    layer, inputs = _layer(layers, impl), _inputs(batch, requires_grad=True)
     benchmark.group = f"forward+backward B={batch}"
-    benchmark.extra_info.update(impl=impl, batch=batch, mode="forward+backward")
+    benchmark.extra_info.update(impl=impl, batch=batch, mode="forward+backward", loaded=LOADED,
+                                threads=torch.get_num_threads())
 
     def step():
-        out = layer(**inputs)
-        loss = out.vertices.square().mean() + out.joints.square().mean()
+        vertices, joints = _run(impl, layer, inputs)
+        loss = vertices.square().mean() + joints.square().mean()
         return torch.autograd.grad(loss, [inputs["body_pose"], inputs["betas"]])
 
-    grads = benchmark.pedantic(step, **_rounds(batch))
+    grads = benchmark.pedantic(step, **_rounds(batch, impl))
     assert all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("impl", ["smplx", "reference"])
+@pytest.mark.parametrize("batch, impl", _cases(JOINT_IMPLS))
 def test_joints_forward_backward(benchmark, layers, impl, batch):
-    """The training case: a loss on HMR's 19 keypoints only. smplx has no joints-only path,
-    so it poses all 6890 vertices and regresses from them; the reference poses only the
-    vertices the joint set reads."""
-    layer, inputs = layers[impl], _inputs(batch, requires_grad=True)
+    """The fitting / training case: a loss on joints only (see the module docstring)."""
+    if impl == "body-models-warp":
+        pytest.skip("Warp only skins vertices: its joints are body-models' torch path")
+    layer = _layer(layers, "reference" if impl == "reference-hmr19" else impl)
+    inputs = _inputs(batch, requires_grad=True)
     benchmark.group = f"joints-only forward+backward B={batch}"
-    benchmark.extra_info.update(impl=impl, batch=batch, mode="joints-only forward+backward")
+    benchmark.extra_info.update(impl=impl, batch=batch, mode="joints-only forward+backward", loaded=LOADED,
+                                threads=torch.get_num_threads())
 
     def step():
-        if impl == "smplx":
-            joints = layer(**inputs).joints
-        else:
-            joints = layer(**inputs, return_verts=False, joint_set="hmr19").joints
+        joints = _run(impl, layer, inputs, vertices=False)[1]
         return torch.autograd.grad(joints.square().mean(), [inputs["body_pose"], inputs["betas"]])
 
-    grads = benchmark.pedantic(step, **_rounds(batch))
+    grads = benchmark.pedantic(step, **_rounds(batch, impl))
     assert all(torch.isfinite(g).all() for g in grads)

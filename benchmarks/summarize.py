@@ -1,6 +1,9 @@
-"""Turn a pytest-benchmark JSON file into a markdown table: median time, samples/s, speed-up.
+"""Turn a pytest-benchmark JSON file into a markdown table: median time, samples/s, speed-ups.
 
-    python benchmarks/summarize.py benchmarks/results/cpu_smpl.json [--baseline smplx]
+    python benchmarks/summarize.py benchmarks/results/cpu_smpl_peers.json [--baseline smplx] [--ours reference]
+
+Each row gives every implementation's median, the speed-up of each over the baseline, and
+ours against the best (fastest) peer, i.e. the best implementation not named `ours*`.
 """
 import argparse
 import json
@@ -11,23 +14,34 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("json_file")
     parser.add_argument("--baseline", default="smplx", help="impl the speed-up is measured against")
+    parser.add_argument("--ours", default="reference", help="prefix of our impls (not peers)")
     args = parser.parse_args()
     with open(args.json_file) as f:
         report = json.load(f)
     rows = defaultdict(dict)
     for bench in report["benchmarks"]:
         info = bench["extra_info"]
-        rows[(info["mode"], info["batch"])][info["impl"]] = bench["stats"]["median"]
-    impls = sorted({impl for row in rows.values() for impl in row}, key=lambda i: (i != args.baseline, i))
+        mode = info["mode"] + (" (loaded, %d threads)" % info.get("threads", 2) if info.get("loaded") else "")
+        rows[(mode, info["batch"])][info["impl"]] = bench["stats"]["median"]
+    impls = sorted({impl for row in rows.values() for impl in row},
+                   key=lambda i: (i.startswith(args.ours), i != args.baseline, i))
     print(f"machine: {report['machine_info'].get('cpu', {}).get('brand_raw', '?')}; "
           f"{report['datetime']}")
-    print("| mode | B | " + " | ".join(f"{i} median (samples/s)" for i in impls) + " | speed-up vs " + args.baseline + " |")
-    print("|---|---:|" + "---:|" * len(impls) + "---|")
+    print("| mode | B | " + " | ".join(f"{i} median (samples/s)" for i in impls)
+          + f" | speed-up vs {args.baseline} | {args.ours} vs best peer |")
+    print("|---|---:|" + "---:|" * len(impls) + "---|---|")
     for (mode, batch), times in sorted(rows.items()):
         cells = [f"{times[i] * 1e3:.3f} ms ({batch / times[i]:,.0f})" if i in times else "-" for i in impls]
         base = times.get(args.baseline)
         ups = ", ".join(f"{i} {base / times[i]:.2f}x" for i in impls if i != args.baseline and i in times and base)
-        print(f"| {mode} | {batch} | " + " | ".join(cells) + f" | {ups} |")
+        peers = {i: t for i, t in times.items() if not i.startswith(args.ours)}
+        ours = {i: t for i, t in times.items() if i.startswith(args.ours) and not i.endswith("hmr19")}
+        if peers and ours:
+            best = min(peers, key=peers.get)
+            vs = ", ".join(f"{i} {peers[best] / t:.2f}x" for i, t in sorted(ours.items())) + f" (best peer: {best})"
+        else:
+            vs = "-"
+        print(f"| {mode} | {batch} | " + " | ".join(cells) + f" | {ups} | {vs} |")
 
 
 if __name__ == "__main__":

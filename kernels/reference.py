@@ -23,11 +23,11 @@ from typing import NamedTuple
 import torch
 
 from hmr_fast.camera import project_weak_perspective
-from hmr_fast.rotations import rodrigues, rot6d_to_rotmat
+from hmr_fast.rotations import _SMALL_ANGLE_SQ, rodrigues, rot6d_to_rotmat
 
-__all__ = ["rodrigues", "rot6d_to_rotmat", "project_weak_perspective", "KinematicTree", "kinematic_tree",
+__all__ = ["rodrigues", "rodrigues_fast", "rot6d_to_rotmat", "project_weak_perspective", "KinematicTree", "kinematic_tree",
            "pose_features", "blend_shapes", "rest_joints", "kinematic_chain", "skinning_transforms", "skin",
-           "pose_vertices", "regress_joints", "smpl_forward", "pose_chain", "blend_skin", "regress_project",
+           "pose_vertices", "regress_joints", "smpl_forward", "smpl_joints", "pose_chain", "blend_skin", "regress_project",
            "smpl_joints_projected"]
 
 
@@ -53,6 +53,68 @@ def kinematic_tree(parents) -> KinematicTree:
     levels = tuple(tuple(j for j in range(len(parents)) if depth[j] == d) for d in range(max(depth, default=0) + 1))
     children = tuple(tuple(c for c in range(1, len(parents)) if parents[c] == p) for p in range(len(parents)))
     return KinematicTree((-1,) + parents[1:], tuple(depth), levels, children)
+
+
+def rodrigues_fast(axis_angle: torch.Tensor) -> torch.Tensor:
+    """`rodrigues` (axis-angle (..., 3) -> (..., 3, 3)) with a written-out backward: the same
+    values (R = cos(t) I + a K + b w w^T, a = sin(t)/t, b = (1 - cos t)/t^2, with the same
+    Taylor series below the same angle), in a few ops where autograd's backward of
+    `rodrigues` runs some forty small ones. What SMPL's reference forward uses."""
+    if _traced():
+        return rodrigues(axis_angle)
+    return _Rodrigues.apply(axis_angle)
+
+
+# Below this squared angle the derivatives of a and b come from their series: their closed
+# forms, (cos t - a) / 2t^2 and (a - 2b) / 2t^2, cancel to a few digits in float32 there.
+_SERIES_GRAD_SQ = 1e-2
+
+
+class _Rodrigues(torch.autograd.Function):
+    """Computed component-major, w as (3, ...) and R as (3, 3, ...) with the batch reversed
+    and contiguous, so every op runs along contiguous rows; R is returned as a (..., 3, 3)
+    view of that, which `kinematic_chain` reads without a copy."""
+
+    @staticmethod
+    def forward(ctx, w):
+        n = w.dim()
+        wc = w.permute(tuple(range(n - 1, -1, -1))).contiguous()  # (3, ...batch reversed)
+        t2 = (wc * wc).sum(0)
+        small = t2 < _SMALL_ANGLE_SQ
+        safe = torch.where(small, torch.ones_like(t2), t2)
+        t = safe.sqrt()
+        a = torch.where(small, 1 - t2 / 6 + t2 ** 2 / 120, torch.sin(t) / t)
+        b = torch.where(small, 0.5 - t2 / 24 + t2 ** 2 / 720, (1 - torch.cos(t)) / safe)
+        c = 1 - b * t2  # cos t
+        R = wc[:, None] * (b * wc)[None, :]  # b w w^T, then + c I + a K
+        R.diagonal(0, 0, 1).add_(c.unsqueeze(-1))
+        aw = a * wc
+        R[0, 1] -= aw[2]
+        R[0, 2] += aw[1]
+        R[1, 0] += aw[2]
+        R[1, 2] -= aw[0]
+        R[2, 0] -= aw[1]
+        R[2, 1] += aw[0]
+        ctx.save_for_backward(wc, t2, a, b, c)
+        return R.permute(tuple(range(n, 1, -1)) + (0, 1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        wc, t2, a, b, c = ctx.saved_tensors
+        n = wc.dim()
+        g = grad.permute((n - 1, n) + tuple(range(n - 2, -1, -1)))  # (3, 3, ...batch reversed)
+        trace = g[0, 0] + g[1, 1] + g[2, 2]
+        s = torch.stack([g[2, 1] - g[1, 2], g[0, 2] - g[2, 0], g[1, 0] - g[0, 1]])  # vee(G - G^T)
+        sym_w = _matvec3(g, wc) + _matvec3(g.transpose(0, 1), wc)  # (G + G^T) w
+        grad_a = (s * wc).sum(0)
+        grad_b = 0.5 * (sym_w * wc).sum(0) - t2 * trace  # w^T G w, and c = 1 - b t^2
+        series = t2 < _SERIES_GRAD_SQ
+        safe = torch.where(series, torch.ones_like(t2), t2)
+        da = torch.where(series, -1 / 6 + t2 / 60 - t2 ** 2 / 1680, (c - a) / (2 * safe))
+        db = torch.where(series, -1 / 24 + t2 / 360 - t2 ** 2 / 13440, (a - 2 * b) / (2 * safe))
+        grad_t2 = grad_a * da + grad_b * db - b * trace
+        gw = a * s + b * sym_w + 2 * grad_t2 * wc
+        return gw.permute(tuple(range(n - 1, -1, -1)))
 
 
 def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
@@ -82,12 +144,28 @@ def kinematic_chain(rot_mats, joints, parents, levels):
 
     rot_mats (B, 24, 3, 3) local rotations; joints (B, 24, 3) rest joints; parents a tuple
     of ints; levels a tuple of tuples of joint indices, root level first (`kinematic_tree`).
-    Joint j's local transform is [R_j | J_j - J_parent] ([R_0 | J_0] for the root); a
-    joint's parent is always on the level just above it, so each level is one batched
-    matmul of the parents' 3x4 global transforms with the children's local ones (made 4x4
-    by a [0, 0, 0, 1] row). Returns (global rotations (B, 24, 3, 3), global translations
-    = posed joints (B, 24, 3)).
+    Joint j's local transform is [R_j | J_j - J_parent] ([R_0 | J_0] for the root). Only the
+    rotations need the chain: G_j = G_parent R_j, one batched 3x3 product per level (a joint's
+    parent is always on the level just above it). The posed joints are then linear in the
+    rotated bones, t_j = sum over j's ancestors-or-self k of G_parent(k) (J_k - J_parent(k)),
+    which is one product with the tree's (24, 24) ancestor matrix; nothing is 4x4, and the
+    backward (`_Chain`) is written out rather than left to autograd. Returns (global
+    rotations (B, 24, 3, 3), global translations = posed joints (B, 24, 3)).
     """
+    if _traced():
+        return _kinematic_chain_traced(rot_mats, joints, parents, levels)
+    return _Chain.apply(rot_mats, joints, tuple(parents), tuple(tuple(level) for level in levels))
+
+
+def _traced() -> bool:
+    """Under torch.compile, torch.export or a TorchScript trace (ONNX), the chain and Rodrigues
+    run as plain autograd ops: the graph captures them as it always has (and Inductor fuses
+    them), rather than tracing the hand-written Functions' in-place writes."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _kinematic_chain_traced(rot_mats, joints, parents, levels):
+    """kinematic_chain as plain ops: 4x4 local transforms, one (3x4)@(4x4) product per level."""
     B, J = joints.shape[:2]
     bones = torch.cat([joints[:, :1], joints[:, 1:] - joints[:, list(parents[1:])]], dim=1)
     last_row = joints.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(B, J, 1, 4)
@@ -101,6 +179,149 @@ def kinematic_chain(rot_mats, joints, parents, levels):
         start += len(level)
     global_transforms = torch.cat(done, dim=1)[:, [order.index(j) for j in range(J)]]
     return global_transforms[..., :3], global_transforms[..., 3]
+
+
+class _ChainPlan:
+    """Constant tables of one tree (per dtype and device) for `_Chain`."""
+
+    def __init__(self, parents, levels, dtype, device):
+        J = len(parents)
+        par = torch.zeros(J, J, dtype=torch.float64)  # par[c, parent(c)] = 1
+        for c in range(1, J):
+            par[c, parents[c]] = 1.0
+        anc = torch.eye(J, dtype=torch.float64)  # anc[j, k] = 1 when k is j or an ancestor of j
+        for j in range(1, J):
+            anc[j] += anc[parents[j]]
+        self.ancestors = anc.to(dtype=dtype, device=device)
+        self.ancestors_t = anc.t().contiguous().to(dtype=dtype, device=device)
+        self.bones_map = (torch.eye(J, dtype=torch.float64) - par).to(dtype=dtype, device=device)  # bones = map @ J
+        self.bones_map_t = self.bones_map.t().contiguous()
+        self.children_sum = par[1:].t().contiguous().to(dtype=dtype, device=device)  # (J, J - 1)
+        self.parent_index = torch.tensor(parents[1:], device=device)
+        self.steps = []  # per level below the root: (child slice, parent spec)
+        for level in levels[1:]:
+            lo, hi = level[0], level[-1] + 1
+            if list(level) != list(range(lo, hi)):
+                raise ValueError("kinematic_chain needs each level's joints numbered consecutively")
+            ps = [parents[j] for j in level]
+            if ps == list(range(ps[0], ps[0] + len(ps))):
+                spec = ("run", ps[0], ps[0] + len(ps))
+            elif len(set(ps)) == 1:
+                spec = ("one", ps[0], ps[0] + 1)
+            else:
+                spec = ("index", torch.tensor(ps, device=device), None)
+            self.steps.append((lo, hi, spec))
+
+    @staticmethod
+    def parents_of0(x, spec):
+        """The parents' rows of a joint-major x for one level."""
+        kind, a, b = spec
+        return x[a] if kind == "index" else x[a:b]
+
+
+_CHAIN_PLANS: dict = {}
+
+
+def _chain_plan(parents, levels, dtype, device) -> _ChainPlan:
+    key = (parents, levels, dtype, device)
+    plan = _CHAIN_PLANS.get(key)
+    if plan is None:
+        plan = _CHAIN_PLANS[key] = _ChainPlan(parents, levels, dtype, device)
+    return plan
+
+
+def _matmul3(a, b, out=None, accumulate=False):
+    """Products of 3x3 matrices stored component-major, (3, 3, ...batch), with the batch
+    contiguous: three fused multiply-adds that vectorise along the batch (bmm loops over tiny
+    matrices one by one, and elementwise ops along a last dimension of 3 do not vectorise)."""
+    if accumulate:
+        out.addcmul_(a[:, 0:1], b[0:1])
+    else:
+        out = torch.mul(a[:, 0:1], b[0:1], out=out)
+    return out.addcmul_(a[:, 1:2], b[1:2]).addcmul_(a[:, 2:3], b[2:3])
+
+
+def _matvec3(m, v, out=None):
+    """m (3, 3, ...) times v (3, ...), component-major -> (3, ...)."""
+    out = torch.mul(m[:, 0], v[0:1], out=out)
+    return out.addcmul_(m[:, 1], v[1:2]).addcmul_(m[:, 2], v[2:3])
+
+
+def _component_major(x, components: int):
+    """(B, J, *c) -> a contiguous (*c, J, B) (a view when x is already one, e.g. from
+    rodrigues_fast)."""
+    order = tuple(range(x.dim() - components, x.dim())) + tuple(range(x.dim() - components - 1, -1, -1))
+    return x.permute(order).contiguous()
+
+
+class _Chain(torch.autograd.Function):
+    """(rot_mats (B, J, 3, 3), rest joints (B, J, 3)) -> (global rotations, posed joints).
+
+    Works component-major, rotations as (3, 3, J, B) and vectors as (3, J, B): a 3x3 product
+    is three multiply-adds along contiguous rows of samples, and the tree's constant matrices
+    (bones from joints, posed joints from rotated bones) are one GEMM each. Autograd through
+    the level loop would zero-fill and scatter a gradient per level and per gather; this
+    backward runs the same loop in reverse, accumulating in place: positions: gP = A^T g_t
+    (A the ancestor matrix), g_bone_j = G_parent(j)^T gP_j, gG_parent(j) += gP_j bone_j^T;
+    rotations, deepest level first: gG_parent += gG_j R_j^T; then gR_j = G_parent(j)^T gG_j.
+    """
+
+    @staticmethod
+    def forward(ctx, rot_mats, joints, parents, levels):
+        ctx.set_materialize_grads(False)
+        plan = _chain_plan(parents, levels, rot_mats.dtype, rot_mats.device)
+        R = _component_major(rot_mats, 2)  # (3, 3, J, B)
+        G = torch.empty_like(R)
+        G[:, :, 0] = R[:, :, 0]
+        for lo, hi, spec in plan.steps:
+            kind, a, b = spec
+            parent = G[:, :, a] if kind == "index" else G[:, :, a:b]
+            _matmul3(parent, R[:, :, lo:hi], out=G[:, :, lo:hi])
+        bones = torch.matmul(plan.bones_map, _component_major(joints, 1))  # (3, J, B): J_j - J_parent(j)
+        G_parent = G[:, :, plan.parent_index]  # (3, 3, J - 1, B)
+        rotated = torch.empty_like(bones)
+        rotated[:, 0] = bones[:, 0]
+        _matvec3(G_parent, bones[:, 1:], out=rotated[:, 1:])
+        posed = torch.matmul(plan.ancestors, rotated)
+        ctx.save_for_backward(R, G_parent, bones)
+        ctx.plan = plan
+        return G.permute(3, 2, 0, 1), posed.permute(2, 1, 0).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_G, grad_posed):
+        R, G_parent, bones = ctx.saved_tensors
+        plan = ctx.plan
+        gG = None
+        if grad_posed is not None:
+            gP = torch.matmul(plan.ancestors_t, grad_posed.permute(2, 1, 0))  # (3, J, B)
+            g_bones = torch.empty_like(gP)
+            g_bones[:, 0] = gP[:, 0]
+            _matvec3(G_parent.transpose(0, 1), gP[:, 1:], out=g_bones[:, 1:])  # G_parent^T gP
+            gG = torch.matmul(plan.children_sum, gP[:, None, 1:] * bones[None, :, 1:])  # (3, 3, J, B)
+            if grad_G is not None:
+                gG += grad_G.permute(2, 3, 1, 0)
+        elif grad_G is not None:
+            gG = _component_major(grad_G, 2).clone()
+        grad_rot = grad_joints = None
+        if gG is None:
+            return None, None, None, None
+        Rt = R.transpose(0, 1)
+        for lo, hi, spec in reversed(plan.steps):
+            kind, a, b = spec
+            if kind == "run":
+                _matmul3(gG[:, :, lo:hi], Rt[:, :, lo:hi], out=gG[:, :, a:b], accumulate=True)
+            elif kind == "one":
+                gG[:, :, a] += _matmul3(gG[:, :, lo:hi], Rt[:, :, lo:hi]).sum(2)
+            else:
+                gG.index_add_(2, a, _matmul3(gG[:, :, lo:hi], Rt[:, :, lo:hi]))
+        if ctx.needs_input_grad[0]:
+            grad_rot = torch.empty_like(gG)
+            grad_rot[:, :, 0] = gG[:, :, 0]
+            _matmul3(G_parent.transpose(0, 1), gG[:, :, 1:], out=grad_rot[:, :, 1:])
+            grad_rot = grad_rot.permute(3, 2, 0, 1)
+        if ctx.needs_input_grad[1] and grad_posed is not None:
+            grad_joints = torch.matmul(plan.bones_map_t, g_bones).permute(2, 1, 0)
+        return grad_rot, grad_joints, None, None
 
 
 def _select(x, index):
@@ -182,6 +403,23 @@ class ApplyTransforms(torch.autograd.Function):
 CHUNK_VERTEX_SAMPLES = 65536
 
 
+def chunk_vertex_samples() -> int:
+    """Vertices x samples per chunk for torch's current thread count: CHUNK_VERTEX_SAMPLES per
+    thread, so each thread's share of a chunk stays cache-sized while a multithreaded forward
+    meets half as many (2 threads) of the per-op joins at which a thread that the OS has
+    descheduled (the other core busy) stalls all the others."""
+    return CHUNK_VERTEX_SAMPLES * max(1, torch.get_num_threads())
+
+
+@torch.compiler.disable
+def _pose_vertices_chunked(betas, pose_feats, transforms, template, blend_dirs, weights, transl):
+    """pose_vertices run eagerly, in chunks, from inside a torch.compile'd graph (on contiguous
+    inputs: Inductor's outputs may come in other strides, which slow the GEMMs down)."""
+    betas, pose_feats, transforms = betas.contiguous(), pose_feats.contiguous(), transforms.contiguous()
+    return pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights,
+                         None if transl is None else transl.contiguous())
+
+
 def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights, transl=None):
     """Blend shapes, skinning, then translation (B, 3) or None -> posed vertices (B, N, 3),
     a chunk of vertices at a time.
@@ -192,10 +430,14 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights, 
     batch, num = betas.shape[0], template.shape[0]
     if num == 0:  # a joint set that reads no vertices (smpl24)
         return template.new_zeros(batch, 0, 3)
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        step = num  # traced graphs (compile, export) keep a batch-independent shape: one chunk
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
+        step = num  # exported graphs (ONNX, AOTInductor) keep a batch-independent shape: one chunk
+    elif torch.compiler.is_compiling() and batch * num > chunk_vertex_samples():
+        # torch.compile: the chunks that pay run eagerly (Inductor's one-chunk graph is 1.5x
+        # slower from B = 64 on); a batch that fits one chunk stays in the compiled graph.
+        return _pose_vertices_chunked(betas, pose_feats, transforms, template, blend_dirs, weights, transl)
     else:
-        step = max(1, CHUNK_VERTEX_SAMPLES // max(batch, 1))
+        step = max(1, chunk_vertex_samples() // max(batch, 1))
     coeffs = torch.cat([betas, pose_feats], dim=1)
     coeffs = torch.nn.functional.pad(coeffs, (0, blend_dirs.shape[1] - coeffs.shape[1]))  # to the zero rows
     rows = rows_of_transforms(transforms)
@@ -225,18 +467,18 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     """The whole SMPL forward on `layer`'s buffers (see hmr_fast.body.smpl.SMPL).
 
     rot_mats (B, 24, 3, 3); transl (B, 3) or None. Returns (vertices (B, V, 3) or None,
-    joints (B, J, 3)). With return_verts=False only the joint set's support vertices are
-    posed.
+    joints (B, J, 3)). With return_verts=False only what the joint set reads is computed
+    (`smpl_joints`).
     """
+    if not return_verts:
+        return None, smpl_joints(layer, betas, rot_mats, transl, joint_set)
     js = layer.joint_set_tensors(joint_set)
     joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
     global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
     transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
     feats = pose_features(rot_mats)
-    vertices = None
-    if return_verts:
-        vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights, transl)
-    if vertices is not None and not (vertices.requires_grad and betas.shape[0] >= REPOSE_SUPPORT_BATCH):
+    vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights, transl)
+    if not (vertices.requires_grad and betas.shape[0] >= REPOSE_SUPPORT_BATCH):
         support, support_moved = vertices[:, js.support], True
     else:
         support, support_moved = pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights), False
@@ -247,6 +489,39 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
         still_to_move = (1 - js.row_sums)[:, None] if support_moved else 1
         joints = joints + transl[:, None] * still_to_move
     return vertices, joints
+
+
+def smpl_joints(layer, betas, rot_mats, transl, joint_set: str):
+    """The joints-only forward (B, J, 3): only what the joint set reads.
+
+    The chain runs on rotations and bone vectors alone (`kinematic_chain`); a set of chain
+    joints only (smpl24) stops there: no skinning transform, pose feature or vertex. A set
+    with vertex rows poses just its support vertices (a few, or a few hundred for a
+    regressor), with the skinning transforms of the joints that move them.
+    """
+    js = layer.joint_set_tensors(joint_set)
+    joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
+    global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
+    rows = _chain_rows(js)
+    if js.support.shape[0] == 0:
+        joints = posed_joints if rows == tuple(range(posed_joints.shape[1])) else posed_joints[:, list(rows)]
+    else:
+        transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
+        support = pose_vertices(betas, pose_features(rot_mats), transforms, js.template, js.blend_dirs, js.weights)
+        joints = regress_joints(posed_joints, support, js.chain_index, js.vertex_regressor)
+    return joints if transl is None else joints + transl[:, None]
+
+
+def _chain_rows(js) -> tuple:
+    """The joint set's chain_index as Python ints (cached on the set: no read-back per call)."""
+    rows = getattr(js, "chain_rows", None)
+    if rows is None:
+        rows = tuple(int(i) for i in js.chain_index.tolist())
+        try:
+            js.chain_rows = rows
+        except (AttributeError, TypeError):
+            pass
+    return rows
 
 
 # Under autograd, joints read from the posed vertices scatter their gradient into a
@@ -320,6 +595,6 @@ def smpl_joints_projected(layer, betas, full_pose, transl, cam, pose2rot: bool, 
     """Twin of hmr_fast.kernels.smpl_joints_projected -> (joints (B, J, 3), keypoints (B, J, 2),
     rot_mats (B, 24, 3, 3)): the joints-only forward and HMR's weak perspective."""
     B, NJ = betas.shape[0], layer.J_template.shape[0]
-    rot = rodrigues(full_pose.reshape(B, NJ, 3)) if pose2rot else full_pose.reshape(B, NJ, 3, 3)
-    _, joints = smpl_forward(layer, betas, rot, transl, False, joint_set)
+    rot = rodrigues_fast(full_pose.reshape(B, NJ, 3)) if pose2rot else full_pose.reshape(B, NJ, 3, 3)
+    joints = smpl_joints(layer, betas, rot, transl, joint_set)
     return joints, project_weak_perspective(joints, cam), rot

@@ -310,3 +310,87 @@ def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monke
     g_theirs = torch.autograd.grad((want.vertices * weights).sum() + (want.joints * joint_weights).sum(), inputs[2:])
     for a, b in zip(g_ours, g_theirs):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("joint_set", ["smpl24", "smplx45", "hmr19"])
+@pytest.mark.parametrize("batch", [1, reference.REPOSE_SUPPORT_BATCH + 2])
+def test_joints_only_path_matches_smplx_values_and_gradients(mannequin_data, mannequin_smplx_dir, joint_set, batch):
+    """smpl_joints (the chain on rotations and bones, only the support vertices posed, its own
+    backward) against smplx's full forward, in float64: values and gradients."""
+    ours = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
+    theirs = smplx.create(mannequin_smplx_dir, model_type="smpl", dtype=torch.float64)
+    rng = np.random.default_rng()
+    aa = random_pose(batch, "random", rng)
+    R = scipy_rotmats(aa)
+    inputs = [torch.tensor(aa.reshape(batch, 72)), torch.tensor(rng.normal(size=(batch, 10))),
+              torch.tensor(rng.normal(size=(batch, 3)))]
+    inputs = [t.requires_grad_(True) for t in inputs]
+    got = ours(global_orient=inputs[0][:, :3], body_pose=inputs[0][:, 3:], betas=inputs[1], transl=inputs[2],
+               return_verts=False, joint_set=joint_set).joints
+    want_out = theirs(global_orient=R[:, :1], body_pose=R[:, 1:], betas=inputs[1], transl=inputs[2], pose2rot=False)
+    full = ours(global_orient=inputs[0][:, :3], body_pose=inputs[0][:, 3:], betas=inputs[1], transl=inputs[2],
+                joint_set=joint_set)
+    if joint_set == "hmr19":  # every joint moves by transl once (see test_every_joint_moves_by_transl_once)
+        regressor = torch.tensor(mannequin_data.extra_regressors["hmr19"])
+        t = inputs[2][:, None]
+        want = torch.einsum("jv,bvc->bjc", regressor, want_out.vertices - t) + t
+    else:
+        want = want_out.joints[:, : got.shape[1]]
+    assert (got - want).abs().max() < 1e-9
+    assert (got - full.joints).abs().max() < 1e-12
+    w = torch.randn_like(got)
+    g_ours = torch.autograd.grad((got * w).sum(), inputs[1:])  # smplx's pose gradient differs by its +1e-8
+    g_full = torch.autograd.grad((full.joints * w).sum(), inputs)
+    g_theirs = torch.autograd.grad((want * w).sum(), inputs[1:])
+    for a, b in zip(g_ours, g_theirs):
+        assert (a - b).abs().max() <= 1e-9 * max(1.0, b.abs().max())
+    g_pose = torch.autograd.grad((ours(global_orient=inputs[0][:, :3], body_pose=inputs[0][:, 3:], betas=inputs[1],
+                                       transl=inputs[2], return_verts=False, joint_set=joint_set).joints * w).sum(),
+                                 inputs[0])[0]
+    assert torch.allclose(g_pose, g_full[0], rtol=0, atol=1e-10)
+
+
+def test_joints_only_path_gradcheck():
+    layer = SMPL(model_path=random_model_data(num_vertices=60), backend="reference", dtype=torch.float64,
+                 joint_set="smpl24")
+    aa = (torch.randn(3, 72, dtype=torch.float64) * 0.7).requires_grad_(True)
+    betas = torch.randn(3, 10, dtype=torch.float64, requires_grad=True)
+
+    def f(aa, betas):
+        return layer(betas=betas, global_orient=aa[:, :3], body_pose=aa[:, 3:], return_verts=False).joints
+
+    assert torch.autograd.gradcheck(f, (aa, betas), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.1, 0.05, 1e-4, 1e-9, 0.0])
+def test_rodrigues_fast_matches_rodrigues(scale):
+    w = (torch.randn(5, 24, 3, dtype=torch.float64) * scale).requires_grad_(True)
+    weights = torch.randn(5, 24, 3, 3, dtype=torch.float64)
+    got, want = reference.rodrigues_fast(w), reference.rodrigues(w)
+    assert torch.allclose(got, want, rtol=0, atol=1e-15)
+    g_got = torch.autograd.grad((got * weights).sum(), w)[0]
+    g_want = torch.autograd.grad((want * weights).sum(), w)[0]
+    assert torch.allclose(g_got, g_want, rtol=0, atol=1e-12)
+
+
+def test_compiled_layer_matches_eager(mannequin_data, monkeypatch):
+    """SMPL(compile=True): same values and gradients as eager, with and without vertices, and
+    with the vertex posing chunked (a batch over one chunk runs the chunks eagerly)."""
+    monkeypatch.setattr(reference, "CHUNK_VERTEX_SAMPLES", 6890 * 2)
+    eager = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
+    compiled = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64, compile=True)
+    batch = 5
+    kwargs = dict(betas=torch.randn(batch, 10, dtype=torch.float64),
+                  body_pose=torch.randn(batch, 69, dtype=torch.float64) * 0.5,
+                  transl=torch.randn(batch, 3, dtype=torch.float64))
+    for return_verts in (True, False):
+        inputs = {k: v.clone().requires_grad_(True) for k, v in kwargs.items()}
+        want = eager(**inputs, return_verts=return_verts)
+        got = compiled(**inputs, return_verts=return_verts)
+        assert torch.allclose(got.joints, want.joints, rtol=0, atol=1e-12)
+        if return_verts:
+            assert torch.allclose(got.vertices, want.vertices, rtol=0, atol=1e-12)
+        g_got = torch.autograd.grad(got.joints.square().sum(), list(inputs.values()))
+        g_want = torch.autograd.grad(want.joints.square().sum(), list(inputs.values()))
+        for a, b in zip(g_got, g_want):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)

@@ -43,6 +43,7 @@ class JointSetTensors(nn.Module):
         v_template, blend_dirs, weights = layer_arrays
         dirs = blend_dirs[:, :, support]
         self.register_buffer("chain_index", torch.as_tensor(chain_index))
+        self.chain_rows = tuple(int(i) for i in chain_index)  # the same, as Python ints
         self.register_buffer("support", torch.as_tensor(support, dtype=torch.int64))
         self.register_buffer("vertex_regressor", torch.as_tensor(regressor[:, support], dtype=dtype))
         # How much of the mesh's translation a row regressed from it carries (0 on chain rows).
@@ -62,11 +63,16 @@ class SMPL(nn.Module):
     joint_set: the default `joints` returned ("smplx45" like smplx; see joint_sets.py).
     check_finite: raise on NaN/Inf inputs; None checks CPU inputs only (on a GPU the check
     costs a host sync, so it is opt-in there).
+    compile: run the reference backend under torch.compile (Inductor). The vertex posing keeps
+    its cache-sized chunks (run eagerly between the compiled graphs) whenever a batch needs
+    more than one, so the compiled forward is never slower than eager there; the first call
+    at each new batch-size regime compiles (seconds). The Triton backend ignores it.
     """
 
     def __init__(self, model_path=None, gender: str = "neutral", backend: str = "auto",
                  dtype: torch.dtype = torch.float32, joint_set: str = "smplx45",
-                 num_betas: Optional[int] = None, check_finite: Optional[bool] = None):
+                 num_betas: Optional[int] = None, check_finite: Optional[bool] = None,
+                 compile: bool = False):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -75,6 +81,7 @@ class SMPL(nn.Module):
         data = _load(model_path, gender)
         self.backend = backend
         self.check_finite = check_finite
+        self.compile = bool(compile)
         self.model_source = data.source
         self.num_betas = data.num_betas if num_betas is None else int(num_betas)
         if not 0 < self.num_betas <= data.num_betas:
@@ -157,8 +164,8 @@ class SMPL(nn.Module):
         if self._resolve_backend(ref.device) == "triton":
             vertices, joints, rot_mats = kernels.smpl_forward(self, betas, full_pose, transl, pose2rot, return_verts, joint_set)
         else:
-            rot_mats = reference.rodrigues(full_pose.view(B, NUM_JOINTS, 3)) if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3)
-            vertices, joints = reference.smpl_forward(self, betas, rot_mats, transl, return_verts, joint_set)
+            rot_mats = reference.rodrigues_fast(full_pose.view(B, NUM_JOINTS, 3)) if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3)
+            vertices, joints = self._reference("smpl_forward")(self, betas, rot_mats, transl, return_verts, joint_set)
         return SMPLOutput(
             vertices=vertices, joints=joints,
             full_pose=full_pose if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3),
@@ -180,7 +187,7 @@ class SMPL(nn.Module):
         if (backend or self._resolve_backend(rot_mats.device)) == "triton":
             vertices, joints, _ = kernels.smpl_forward(self, betas, rot_mats.flatten(1), None, False, return_verts, joint_set)
             return vertices, joints
-        return reference.smpl_forward(self, betas, rot_mats, None, return_verts, joint_set)
+        return self._reference("smpl_forward")(self, betas, rot_mats, None, return_verts, joint_set)
 
     def joints_projected(self, betas, rot_mats, cam, joint_set: Optional[str] = None):
         """HMR's training path: (joints (B, J, 3), keypoints (B, J, 2)) from betas (B, NB),
@@ -191,9 +198,19 @@ class SMPL(nn.Module):
         """
         joint_set = joint_set or self.default_joint_set
         fused = self._resolve_backend(rot_mats.device) == "triton"
-        op = kernels.smpl_joints_projected if fused else reference.smpl_joints_projected
+        op = kernels.smpl_joints_projected if fused else self._reference("smpl_joints_projected")
         joints, keypoints, _ = op(self, betas, rot_mats.flatten(1), None, cam, False, joint_set)
         return joints, keypoints
+
+    def _reference(self, name: str):
+        """reference.<name>, torch.compile'd when the layer was built with compile=True."""
+        fn = getattr(reference, name)
+        if not self.compile or torch.compiler.is_compiling():
+            return fn
+        compiled = _COMPILED.get(fn)
+        if compiled is None:
+            compiled = _COMPILED[fn] = torch.compile(fn)
+        return compiled
 
     def _resolve_backend(self, device) -> str:
         """The one place a backend is chosen: "auto" takes the Triton kernels for CUDA inputs
@@ -214,6 +231,9 @@ class SMPL(nn.Module):
             check = self.check_finite if self.check_finite is not None else t.device.type == "cpu"
             if check and not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"SMPL input {name!r} contains NaN or Inf")
+
+
+_COMPILED: dict = {}  # reference function -> its torch.compile'd form, shared by layers
 
 
 def _load(model_path, gender) -> SMPLModelData:
