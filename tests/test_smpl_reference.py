@@ -394,3 +394,22 @@ def test_compiled_layer_matches_eager(mannequin_data, monkeypatch):
         g_want = torch.autograd.grad(want.joints.square().sum(), list(inputs.values()))
         for a, b in zip(g_got, g_want):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_compile_runs_only_where_it_pays_and_matches_eager(mannequin_data):
+    """compile=True routes each call: compiled for small joints-only batches and the no-grad
+    one-sample forward with vertices, eager elsewhere (where eager measured faster)."""
+    layer = SMPL(model_path=mannequin_data, backend="reference", compile=True)
+    eager_fn = reference.smpl_forward
+    assert layer._reference("smpl_forward", 8, False) is not eager_fn
+    assert layer._reference("smpl_forward", 64, False) is eager_fn
+    assert layer._reference("smpl_forward", 1, True) is eager_fn  # grad enabled: eager backward is faster
+    with torch.no_grad():
+        assert layer._reference("smpl_forward", 1, True) is not eager_fn
+        assert layer._reference("smpl_forward", 2, True) is eager_fn
+        kwargs = dict(betas=torch.randn(1, 10), body_pose=torch.randn(1, 69) * 0.5)
+        got = layer(**kwargs)
+        want = SMPL(model_path=mannequin_data, backend="reference")(**kwargs)
+    torch.testing.assert_close(got.vertices, want.vertices, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.joints, want.joints, atol=1e-5, rtol=1e-5)
+    assert SMPL(model_path=mannequin_data, backend="reference")._reference("smpl_forward", 1, False) is eager_fn

@@ -63,10 +63,9 @@ class SMPL(nn.Module):
     joint_set: the default `joints` returned ("smplx45" like smplx; see joint_sets.py).
     check_finite: raise on NaN/Inf inputs; None checks CPU inputs only (on a GPU the check
     costs a host sync, so it is opt-in there).
-    compile: run the reference backend under torch.compile (Inductor). The vertex posing keeps
-    its cache-sized chunks (run eagerly between the compiled graphs) whenever a batch needs
-    more than one, so the compiled forward is never slower than eager there; the first call
-    at each new batch-size regime compiles (seconds). The Triton backend ignores it.
+    compile: run the reference backend under torch.compile (Inductor) where that is faster
+    than eager (small batches: `COMPILE_PAYS_BATCH`), eager elsewhere, so it is never slower;
+    the first compiled call at each batch size compiles (seconds). The Triton backend ignores it.
     """
 
     def __init__(self, model_path=None, gender: str = "neutral", backend: str = "auto",
@@ -165,7 +164,8 @@ class SMPL(nn.Module):
             vertices, joints, rot_mats = kernels.smpl_forward(self, betas, full_pose, transl, pose2rot, return_verts, joint_set)
         else:
             rot_mats = reference.rodrigues_fast(full_pose.view(B, NUM_JOINTS, 3)) if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3)
-            vertices, joints = self._reference("smpl_forward")(self, betas, rot_mats, transl, return_verts, joint_set)
+            run = self._reference("smpl_forward", B, return_verts)
+            vertices, joints = run(self, betas, rot_mats, transl, return_verts, joint_set)
         return SMPLOutput(
             vertices=vertices, joints=joints,
             full_pose=full_pose if pose2rot else full_pose.view(B, NUM_JOINTS, 3, 3),
@@ -187,7 +187,8 @@ class SMPL(nn.Module):
         if (backend or self._resolve_backend(rot_mats.device)) == "triton":
             vertices, joints, _ = kernels.smpl_forward(self, betas, rot_mats.flatten(1), None, False, return_verts, joint_set)
             return vertices, joints
-        return self._reference("smpl_forward")(self, betas, rot_mats, None, return_verts, joint_set)
+        run = self._reference("smpl_forward", rot_mats.shape[0], return_verts)
+        return run(self, betas, rot_mats, None, return_verts, joint_set)
 
     def joints_projected(self, betas, rot_mats, cam, joint_set: Optional[str] = None):
         """HMR's training path: (joints (B, J, 3), keypoints (B, J, 2)) from betas (B, NB),
@@ -198,14 +199,14 @@ class SMPL(nn.Module):
         """
         joint_set = joint_set or self.default_joint_set
         fused = self._resolve_backend(rot_mats.device) == "triton"
-        op = kernels.smpl_joints_projected if fused else self._reference("smpl_joints_projected")
+        op = kernels.smpl_joints_projected if fused else self._reference("smpl_joints_projected", rot_mats.shape[0], False)
         joints, keypoints, _ = op(self, betas, rot_mats.flatten(1), None, cam, False, joint_set)
         return joints, keypoints
 
-    def _reference(self, name: str):
-        """reference.<name>, torch.compile'd when the layer was built with compile=True."""
+    def _reference(self, name: str, batch: int, return_verts: bool):
+        """reference.<name>, torch.compile'd where that pays (compile=True; see COMPILE_PAYS)."""
         fn = getattr(reference, name)
-        if not self.compile or torch.compiler.is_compiling():
+        if not self.compile or torch.compiler.is_compiling() or not _compile_pays(batch, return_verts):
             return fn
         compiled = _COMPILED.get(fn)
         if compiled is None:
@@ -234,6 +235,18 @@ class SMPL(nn.Module):
 
 
 _COMPILED: dict = {}  # reference function -> its torch.compile'd form, shared by layers
+# Where the compiled reference beat eager on the 2-core CPU (one thread; benchmarks/results/
+# cpu_smpl_peers_2026-12-02.md): joints-only calls of at most this many samples, and the
+# no-grad forward with vertices of one sample, where Python overhead dominates. Everywhere
+# else eager's hand-written backward and cache-sized vertex chunks were as fast or faster,
+# so compile=True runs eager there and is never slower than it.
+COMPILE_PAYS_BATCH = 8
+
+
+def _compile_pays(batch: int, return_verts: bool) -> bool:
+    if not return_verts:
+        return batch <= COMPILE_PAYS_BATCH
+    return batch == 1 and not torch.is_grad_enabled()
 
 
 def _load(model_path, gender) -> SMPLModelData:
