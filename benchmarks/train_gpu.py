@@ -133,9 +133,8 @@ def phase_train(args) -> None:
         **sampler.summary(since=t0 + 30),  # after the first 30 s (worker start-up, compilation)
     }
     result.setdefault("sessions", []).append(session)
-    from hmr_fast.model import fused_smpl_kernel
-
-    result["fused_smpl_active"] = fused_smpl_kernel(trainer.smpl, trainer.device) is not None
+    resolve = getattr(trainer.smpl, "_resolve_backend", None)  # SMPL chooses; smplx's layer has no fused path
+    result["fused_smpl_active"] = resolve is not None and resolve(trainer.device) == "triton"
     result.update(backend=args.backend, config=str(CONFIG.relative_to(REPO)), overrides=overrides,
                   device=device_name(), torch=torch.__version__, end={k: v for k, v in last.items() if k.startswith("eval/")})
     result_path.write_text(json.dumps(result, indent=1) + "\n")
@@ -149,7 +148,7 @@ def phase_profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from hmr_fast.rotations import rodrigues
-    from hmr_fast.model import build_smpl, smpl_joints_projected
+    from hmr_fast.model import build_smpl
     from hmr_fast.training.config import load_config
     from hmr_fast.training.train import Trainer
 
@@ -167,7 +166,7 @@ def phase_profile(args) -> None:
         cam = torch.tensor([[0.9, 0.0, 0.0]], device="cuda").repeat(64, 1).requires_grad_()
 
         def step():
-            joints, kp = smpl_joints_projected(smpl, betas, rot, cam, "hmr19")
+            joints, kp = smpl.joints_projected(betas, rot, cam, "hmr19")
             (joints.square().sum() + kp.abs().sum()).backward()
 
         for _ in range(20):
