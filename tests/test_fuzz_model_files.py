@@ -34,10 +34,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from hmr_fast.body import SMPL, load_model_file
-from hmr_fast.body.model_data import SMPL_PARENTS
 from hmr_fast.body.model_file import ModelFileError, UnsafePickleError
 from hmr_fast.errors import CheckpointError
 from hmr_fast.model.checkpoint import load_checkpoint, read_checkpoint
+from test_model_file import random_arrays
 
 EXAMPLES = int(os.environ.get("HMR_FAST_FUZZ_EXAMPLES", "60"))
 SEED = os.environ.get("HMR_FAST_FUZZ_SEED")  # unset: derandomized (the same examples every run)
@@ -73,22 +73,10 @@ def deadline(seconds: float):
 # ---------------------------------------------------------------------------------------
 
 def model_arrays(seed: int = 0, v: int = V) -> dict:
-    """A random but valid SMPL model in the official file's layout (kintree as uint32)."""
-    rng = np.random.default_rng(seed)
-    weights = rng.random((v, 24)) ** 4
-    weights /= weights.sum(axis=1, keepdims=True)
-    j_regressor = rng.random((24, v)) * (rng.random((24, v)) < 0.3)
-    j_regressor[np.arange(24), np.arange(24) % v] += 1.0
-    j_regressor /= j_regressor.sum(axis=1, keepdims=True)
-    return {
-        "v_template": rng.normal(size=(v, 3)),
-        "f": rng.integers(0, v, size=(F, 3)).astype(np.uint32),
-        "J_regressor": j_regressor,
-        "kintree_table": np.array([SMPL_PARENTS, range(24)], dtype=np.int64).astype(np.uint32),
-        "weights": weights,
-        "shapedirs": rng.normal(size=(v, 3, NB)) * 0.01,
-        "posedirs": rng.normal(size=(v, 3, 207)).astype(np.float32) * 0.01,
-    }
+    """A random but valid SMPL model in the official file's layout (kintree as uint32), small
+    and with float32 posedirs, so that the pickle's structure is most of the file."""
+    arrays = random_arrays(np.random.default_rng(seed), v, F, NB, regressor_density=0.3)
+    return {**arrays, "posedirs": arrays["posedirs"].astype(np.float32)}
 
 
 @contextlib.contextmanager

@@ -40,21 +40,21 @@ def rng():
     return np.random.default_rng(seed)
 
 
-def random_arrays(rng, v=V) -> dict:
+def random_arrays(rng, v=V, faces=F, num_betas=NB, regressor_density=0.1) -> dict:
     """A random but valid SMPL model, stored the way the official files store it."""
     weights = rng.random((v, 24)) ** 4  # mostly small, like real skinning weights
     weights /= weights.sum(axis=1, keepdims=True)
-    j_regressor = rng.random((24, v)) * (rng.random((24, v)) < 0.1)
+    j_regressor = rng.random((24, v)) * (rng.random((24, v)) < regressor_density)
     j_regressor[np.arange(24), np.arange(24) % v] += 1.0  # no empty rows
     j_regressor /= j_regressor.sum(axis=1, keepdims=True)
     return {
         "v_template": rng.normal(size=(v, 3)),
-        "f": rng.integers(0, v, size=(F, 3)).astype(np.uint32),
+        "f": rng.integers(0, v, size=(faces, 3)).astype(np.uint32),
         "J_regressor": j_regressor,
         # The official files store the root's parent -1 as uint32: 4294967295.
         "kintree_table": np.array([SMPL_PARENTS, range(24)], dtype=np.int64).astype(np.uint32),
         "weights": weights,
-        "shapedirs": rng.normal(size=(v, 3, NB)) * 0.01,
+        "shapedirs": rng.normal(size=(v, 3, num_betas)) * 0.01,
         "posedirs": rng.normal(size=(v, 3, 207)) * 0.01,
     }
 
