@@ -28,7 +28,7 @@ import triton.language as tl
 
 from ._common import cdiv, empty, interpreting, lane_width, next_pow2
 from .reference import kinematic_tree
-from .rotations import rodrigues, rodrigues_backward
+from .rotations import load3x3, rodrigues, rodrigues_backward, store3x3
 
 BLOCK_B = 4  # samples per program: one warp per sample, its 32 lanes the joints (gathers are shuffles)
 INTERPRETER_BLOCK_B = 64  # under the interpreter a program costs the same whatever its size
@@ -139,27 +139,10 @@ def _masked3x3(cond, m00, m01, m02, m10, m11, m12, m20, m21, m22):
 
 
 @triton.jit
-def _store3x3(p, m00, m01, m02, m10, m11, m12, m20, m21, m22, mask):
-    """M into the nine consecutive numbers at p (row-major), per lane."""
-    tl.store(p + 0, m00, mask=mask)
-    tl.store(p + 1, m01, mask=mask)
-    tl.store(p + 2, m02, mask=mask)
-    tl.store(p + 3, m10, mask=mask)
-    tl.store(p + 4, m11, mask=mask)
-    tl.store(p + 5, m12, mask=mask)
-    tl.store(p + 6, m20, mask=mask)
-    tl.store(p + 7, m21, mask=mask)
-    tl.store(p + 8, m22, mask=mask)
-
-
-@triton.jit
 def _add_loaded3x3(m00, m01, m02, m10, m11, m12, m20, m21, m22, p, mask):
     """M plus the row-major 3x3 at p (nothing where masked off)."""
-    return (m00 + tl.load(p + 0, mask=mask, other=0.0), m01 + tl.load(p + 1, mask=mask, other=0.0),
-            m02 + tl.load(p + 2, mask=mask, other=0.0), m10 + tl.load(p + 3, mask=mask, other=0.0),
-            m11 + tl.load(p + 4, mask=mask, other=0.0), m12 + tl.load(p + 5, mask=mask, other=0.0),
-            m20 + tl.load(p + 6, mask=mask, other=0.0), m21 + tl.load(p + 7, mask=mask, other=0.0),
-            m22 + tl.load(p + 8, mask=mask, other=0.0))
+    l00, l01, l02, l10, l11, l12, l20, l21, l22 = load3x3(p, mask)
+    return (m00 + l00, m01 + l01, m02 + l02, m10 + l10, m11 + l11, m12 + l12, m20 + l20, m21 + l21, m22 + l22)
 
 
 
@@ -250,7 +233,7 @@ def pose_chain_fwd_kernel(
     m2 = mb[:, None] & mj[None, :]
 
     _x, _y, _z, r00, r01, r02, r10, r11, r12, r20, r21, r22 = _load_pose(pose_ptr, rb, rj, m2, NJ, POSE2ROT)
-    _store3x3(rot_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9, r00, r01, r02, r10, r11, r12, r20, r21, r22, m2)
+    store3x3(rot_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9, r00, r01, r02, r10, r11, r12, r20, r21, r22, m2)
 
     # blend coefficients: [betas | R_j - I for j = 1..NJ-1 | zeros up to C_PAD]
     rn = tl.arange(0, NBP)
@@ -258,7 +241,7 @@ def pose_chain_fwd_kernel(
     betas = tl.load(betas_ptr + rb[:, None] * NB + rn[None, :], mask=mbn, other=0.0)
     tl.store(coeffs_ptr + rb[:, None] * C_PAD + rn[None, :], betas, mask=mbn)
     mf = mb[:, None] & ((rj >= 1) & mj)[None, :]
-    _store3x3(coeffs_ptr + rb[:, None] * C_PAD + NB + (rj[None, :] - 1) * 9,
+    store3x3(coeffs_ptr + rb[:, None] * C_PAD + NB + (rj[None, :] - 1) * 9,
               r00 - 1.0, r01, r02, r10, r11 - 1.0, r12, r20, r21, r22 - 1.0, mf)
     rp = NB + 9 * (NJ - 1) + tl.arange(0, PAD_W)
     mp = mb[:, None] & (rp < C_PAD)[None, :]
@@ -411,7 +394,7 @@ def pose_chain_bwd_kernel(
         tl.store(gp + 1, gy, mask=m2)
         tl.store(gp + 2, gz, mask=m2)
     else:
-        _store3x3(g_pose_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9,
+        store3x3(g_pose_ptr + rb[:, None] * (NJ * 9) + rj[None, :] * 9,
                   s00, s01, s02, s10, s11, s12, s20, s21, s22, m2)
 
     # dL/dbetas = dL/dJ . J_shapedirs (+ the betas' own blend-shape coefficients)

@@ -143,6 +143,31 @@ def rot6d_backward(a1x, a2x, a1y, a2y, a1z, a2z, g00, g01, g02, g10, g11, g12, g
     return ga1x, ga2x, ga1y, ga2y, ga1z, ga2z
 
 
+# ----------------------------------------------------------------------------- 3x3 in memory
+@triton.jit
+def store3x3(p, m00, m01, m02, m10, m11, m12, m20, m21, m22, mask):
+    """A 3x3 matrix into the nine consecutive numbers at p (row-major), per lane."""
+    tl.store(p + 0, m00, mask=mask)
+    tl.store(p + 1, m01, mask=mask)
+    tl.store(p + 2, m02, mask=mask)
+    tl.store(p + 3, m10, mask=mask)
+    tl.store(p + 4, m11, mask=mask)
+    tl.store(p + 5, m12, mask=mask)
+    tl.store(p + 6, m20, mask=mask)
+    tl.store(p + 7, m21, mask=mask)
+    tl.store(p + 8, m22, mask=mask)
+
+
+@triton.jit
+def load3x3(p, mask):
+    """The row-major 3x3 at p, per lane (zeros where masked off)."""
+    return (tl.load(p + 0, mask=mask, other=0.0), tl.load(p + 1, mask=mask, other=0.0),
+            tl.load(p + 2, mask=mask, other=0.0), tl.load(p + 3, mask=mask, other=0.0),
+            tl.load(p + 4, mask=mask, other=0.0), tl.load(p + 5, mask=mask, other=0.0),
+            tl.load(p + 6, mask=mask, other=0.0), tl.load(p + 7, mask=mask, other=0.0),
+            tl.load(p + 8, mask=mask, other=0.0))
+
+
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
 def rodrigues_fwd_kernel(aa_ptr, rot_ptr, N, BLOCK: tl.constexpr):
@@ -152,16 +177,7 @@ def rodrigues_fwd_kernel(aa_ptr, rot_ptr, N, BLOCK: tl.constexpr):
     y = tl.load(aa_ptr + rows * 3 + 1, mask=m, other=0.0)
     z = tl.load(aa_ptr + rows * 3 + 2, mask=m, other=0.0)
     r00, r01, r02, r10, r11, r12, r20, r21, r22 = rodrigues(x, y, z)
-    out = rot_ptr + rows * 9
-    tl.store(out + 0, r00, mask=m)
-    tl.store(out + 1, r01, mask=m)
-    tl.store(out + 2, r02, mask=m)
-    tl.store(out + 3, r10, mask=m)
-    tl.store(out + 4, r11, mask=m)
-    tl.store(out + 5, r12, mask=m)
-    tl.store(out + 6, r20, mask=m)
-    tl.store(out + 7, r21, mask=m)
-    tl.store(out + 8, r22, mask=m)
+    store3x3(rot_ptr + rows * 9, r00, r01, r02, r10, r11, r12, r20, r21, r22, m)
 
 
 @triton.jit
@@ -171,12 +187,8 @@ def rodrigues_bwd_kernel(aa_ptr, grot_ptr, gaa_ptr, N, BLOCK: tl.constexpr):
     x = tl.load(aa_ptr + rows * 3 + 0, mask=m, other=0.0)
     y = tl.load(aa_ptr + rows * 3 + 1, mask=m, other=0.0)
     z = tl.load(aa_ptr + rows * 3 + 2, mask=m, other=0.0)
-    g = grot_ptr + rows * 9
-    gx, gy, gz = rodrigues_backward(
-        x, y, z,
-        tl.load(g + 0, mask=m, other=0.0), tl.load(g + 1, mask=m, other=0.0), tl.load(g + 2, mask=m, other=0.0),
-        tl.load(g + 3, mask=m, other=0.0), tl.load(g + 4, mask=m, other=0.0), tl.load(g + 5, mask=m, other=0.0),
-        tl.load(g + 6, mask=m, other=0.0), tl.load(g + 7, mask=m, other=0.0), tl.load(g + 8, mask=m, other=0.0))
+    g00, g01, g02, g10, g11, g12, g20, g21, g22 = load3x3(grot_ptr + rows * 9, m)
+    gx, gy, gz = rodrigues_backward(x, y, z, g00, g01, g02, g10, g11, g12, g20, g21, g22)
     tl.store(gaa_ptr + rows * 3 + 0, gx, mask=m)
     tl.store(gaa_ptr + rows * 3 + 1, gy, mask=m)
     tl.store(gaa_ptr + rows * 3 + 2, gz, mask=m)
@@ -191,16 +203,7 @@ def rot6d_fwd_kernel(x_ptr, rot_ptr, N, BLOCK: tl.constexpr):
     r = rot6d(tl.load(src + 0, mask=m, other=1.0), tl.load(src + 1, mask=m, other=0.0),
               tl.load(src + 2, mask=m, other=0.0), tl.load(src + 3, mask=m, other=1.0),
               tl.load(src + 4, mask=m, other=0.0), tl.load(src + 5, mask=m, other=0.0))
-    out = rot_ptr + rows * 9
-    tl.store(out + 0, r[0], mask=m)
-    tl.store(out + 1, r[1], mask=m)
-    tl.store(out + 2, r[2], mask=m)
-    tl.store(out + 3, r[3], mask=m)
-    tl.store(out + 4, r[4], mask=m)
-    tl.store(out + 5, r[5], mask=m)
-    tl.store(out + 6, r[6], mask=m)
-    tl.store(out + 7, r[7], mask=m)
-    tl.store(out + 8, r[8], mask=m)
+    store3x3(rot_ptr + rows * 9, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], m)
 
 
 @triton.jit
@@ -208,14 +211,12 @@ def rot6d_bwd_kernel(x_ptr, grot_ptr, gx_ptr, N, BLOCK: tl.constexpr):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = rows < N
     src = x_ptr + rows * 6
-    g = grot_ptr + rows * 9
+    g00, g01, g02, g10, g11, g12, g20, g21, g22 = load3x3(grot_ptr + rows * 9, m)
     r = rot6d_backward(
         tl.load(src + 0, mask=m, other=1.0), tl.load(src + 1, mask=m, other=0.0),
         tl.load(src + 2, mask=m, other=0.0), tl.load(src + 3, mask=m, other=1.0),
         tl.load(src + 4, mask=m, other=0.0), tl.load(src + 5, mask=m, other=0.0),
-        tl.load(g + 0, mask=m, other=0.0), tl.load(g + 1, mask=m, other=0.0), tl.load(g + 2, mask=m, other=0.0),
-        tl.load(g + 3, mask=m, other=0.0), tl.load(g + 4, mask=m, other=0.0), tl.load(g + 5, mask=m, other=0.0),
-        tl.load(g + 6, mask=m, other=0.0), tl.load(g + 7, mask=m, other=0.0), tl.load(g + 8, mask=m, other=0.0))
+        g00, g01, g02, g10, g11, g12, g20, g21, g22)
     out = gx_ptr + rows * 6
     tl.store(out + 0, r[0], mask=m)
     tl.store(out + 1, r[1], mask=m)
