@@ -22,7 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -33,6 +32,7 @@ from hmr_fast.devices import cpu_threads, torch_threads
 from hmr_fast.fit import FitSettings, KeypointFitter, read_keypoints
 from hmr_fast.infer import Predictor
 from hmr_fast.infer.demo import DEMO_CHECKPOINT
+from hmr_fast.infer.fitting import hmr_start
 
 
 def pa_mpjpe(smpl, fit_or_pred, truth):
@@ -42,18 +42,6 @@ def pa_mpjpe(smpl, fit_or_pred, truth):
                  body_pose=torch.as_tensor(fit_or_pred["body_pose"], dtype=torch.float32),
                  joint_set="hmr19", return_verts=False).joints[:, :14]
     return 1000 * metrics.pa_mpjpe(J, torch.as_tensor(truth[:, :14, :3]), truth[:, :14, 3]).numpy()
-
-
-def hmr_start(predictor, images_dir, names, boxes):
-    out = {"global_orient": [], "body_pose": [], "betas": [], "cam": []}
-    for name, (cx, cy, size) in zip(names, boxes):
-        image = cv2.imread(str(images_dir / name))
-        p = predictor.predict(image, [[cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2]])
-        out["global_orient"].append(p.pose[0, :3])
-        out["body_pose"].append(p.pose[0, 3:])
-        out["betas"].append(p.betas[0])
-        out["cam"].append(p.cam[0])
-    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
 
 
 def main(argv=None) -> int:

@@ -274,3 +274,28 @@ def test_fit_command_on_a_coco_file(tmp_path, smpl, capsys):
     rendered = cv2.imread(str(tmp_path / "render" / "0.jpg"))
     assert rendered is not None and (rendered != 80).any()  # meshes were drawn
     assert cli.main(["fit", "--keypoints", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+
+
+def test_hmr_start_batches_the_crops_and_keeps_each_persons_order(tmp_path):
+    """People of two images, interleaved: one batched prediction per call, in person order,
+    equal to predicting each person's box alone."""
+    import cv2
+
+    from hmr_fast.infer import Predictor
+    from hmr_fast.infer.fitting import hmr_start
+    from random_checkpoint import make_checkpoint
+
+    rng = np.random.default_rng(9)
+    for k in range(2):
+        cv2.imwrite(str(tmp_path / f"{k}.png"), (rng.random((96, 128, 3)) * 255).astype(np.uint8))
+    names = ["0.png", "1.png", "0.png", "1.png"]
+    boxes = np.array([[40, 40, 60], [60, 50, 70], [80, 45, 50], [30, 40, 40]], dtype=np.float64)
+    predictor = Predictor(make_checkpoint(tmp_path / "c.pt", img_size=64, pose_scale=3.0), "torch", "cpu")
+    start = hmr_start(predictor, tmp_path, names, boxes)
+    for i, (name, (cx, cy, size)) in enumerate(zip(names, boxes)):
+        alone = predictor.predict(cv2.imread(str(tmp_path / name)),
+                                  [[cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2]])
+        np.testing.assert_allclose(start["body_pose"][i], alone.pose[0, 3:], atol=1e-5)
+        np.testing.assert_allclose(start["cam"][i], alone.cam[0], atol=1e-5)
+    with pytest.raises(DataError, match="missing.png"):
+        hmr_start(predictor, tmp_path, ["missing.png"], boxes[:1])

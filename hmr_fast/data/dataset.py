@@ -174,7 +174,7 @@ def read_npz(path, keys) -> dict:
 
 
 def describe_rows(rows, unit: str = "rows") -> str:
-    """'rows [3, 17, 40] (3 rows)'; long lists are cut after ROWS_SHOWN."""
+    """'rows [3, 17, 40]'; long lists are cut after ROWS_SHOWN."""
     shown = ", ".join(str(int(r)) for r in rows[:ROWS_SHOWN]) + (", ..." if len(rows) > ROWS_SHOWN else "")
     return f"{unit} [{shown}]"
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from hmr_fast.camera import keypoint_box
-from hmr_fast.rotations import rodrigues
+from hmr_fast.rotations import rodrigues, rotmat_to_axis_angle
 
 from .formats import KeypointFormat
 from .priors import GaussianMixturePrior, bending_prior, default_pose_prior, shape_prior
@@ -118,8 +118,6 @@ def people_boxes(keypoints: torch.Tensor, boxes=None, expand: float = 1.2) -> to
 
 def _turned_around(global_orient: torch.Tensor) -> torch.Tensor:
     """The same orientation turned by pi about the camera's vertical (y) axis."""
-    from hmr_fast.rotations import rotmat_to_axis_angle
-
     flip = torch.diag(global_orient.new_tensor([-1.0, 1.0, -1.0]))
     R = flip @ rodrigues(global_orient.detach())
     return torch.as_tensor(rotmat_to_axis_angle(R.cpu().numpy()), dtype=global_orient.dtype,
@@ -350,8 +348,6 @@ def fit_joints3d(smpl, joints, fmt: KeypointFormat, iters: int = 150, lr: float 
 
 def _kabsch_start(smpl, fitter, target, conf):
     """Root orientation and translation aligning the rest body's keypoints to the targets."""
-    from hmr_fast.rotations import rotmat_to_axis_angle
-
     B = target.shape[0]
     device = target.device
     rest_rot = torch.eye(3, device=device).expand(B, 24, 3, 3)

@@ -29,7 +29,7 @@ import numpy as np
 
 from hmr_fast.body.joint_sets import HMR19_NAMES, SMPLX_EXTRA_VERTICES
 from hmr_fast.body.model_data import SMPL_JOINT_NAMES
-from hmr_fast.data.dataset import read_npz
+from hmr_fast.data.dataset import describe_rows, nonfinite_rows, read_npz
 from hmr_fast.data.keypoints import COCO17_NAMES, spin24_to_hmr19
 from hmr_fast.errors import DataError
 
@@ -132,9 +132,9 @@ def _checked(keypoints, path, key, count) -> np.ndarray:
         raise DataError(f"{path}: {key} must be numbers") from None
     if kp.ndim != 3 or kp.shape[1:] != (count, 3):
         raise DataError(f"{path}: {key} must be (N, {count}, 3) pixels + confidence, got shape {kp.shape}")
-    bad = ~np.isfinite(kp).all(axis=(1, 2))
+    bad = nonfinite_rows(kp)
     if bad.any():
-        raise DataError(f"{path}: {key} has NaN/Inf for people {np.flatnonzero(bad)[:5].tolist()}")
+        raise DataError(f"{path}: {key} has NaN/Inf or values beyond float32's range for {describe_rows(np.flatnonzero(bad), 'people')}")
     if (kp[..., 2] < 0).any():
         raise DataError(f"{path}: {key} has negative confidences")
     return kp

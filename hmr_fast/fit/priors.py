@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from hmr_fast.atomic import atomic_path
+from hmr_fast.data.pose_sampler import sample_poses
+from hmr_fast.data.prior import PosePrior
 from hmr_fast.errors import DataError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -123,8 +125,6 @@ def bending_prior(body_pose: torch.Tensor) -> torch.Tensor:
 
 def poses_from_file(path) -> np.ndarray:
     """Body poses (N, 69) from an AMASS npz (`poses` (T, >= 66)) or an npz with `pose` (N, 72)."""
-    from hmr_fast.data.prior import PosePrior
-
     prior = PosePrior([Path(path)])
     return prior.poses[:, 3:72].numpy().astype(np.float64)
 
@@ -141,8 +141,6 @@ def main(argv=None) -> int:
     if args.poses:
         poses = poses_from_file(args.poses)
     else:
-        from hmr_fast.data.pose_sampler import sample_poses
-
         poses = sample_poses(np.random.default_rng(args.seed), args.samples)[:, 3:]
     prior = GaussianMixturePrior.fit(poses, args.components, args.seed)
     print(f"wrote {prior.save(args.out)}: {prior.num_components} components over {len(poses)} poses")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -26,11 +27,10 @@ from hmr_fast.atomic import atomic_path
 from hmr_fast.body import SMPL
 from hmr_fast.camera import vertices_to_pixels
 from hmr_fast.devices import DEVICES, cpu_threads, resolve_device, torch_threads
-from hmr_fast.errors import DataError
+from hmr_fast.errors import DataError, UsageError
 from hmr_fast.fit import FitSettings, KeypointFitter, people_boxes, read_keypoints
 from hmr_fast.fit.formats import FORMATS
 from hmr_fast.render import render_mesh
-from hmr_fast.rotations import rotmat_to_axis_angle
 
 from .predictor import Predictor
 
@@ -58,9 +58,9 @@ def _run(args, device) -> int:
     from tqdm import tqdm
 
     if args.iters < 1 or args.batch < 1:
-        raise DataError("--iters and --batch must be >= 1")
+        raise UsageError("--iters and --batch must be >= 1")
     if (args.checkpoint or args.render) and not args.images:
-        raise DataError("--checkpoint and --render read the images: give --images DIR")
+        raise UsageError("--checkpoint and --render read the images: give --images DIR")
     people = read_keypoints(args.keypoints, args.format)
     if not len(people.keypoints):
         raise DataError(f"{args.keypoints}: no person with labelled keypoints")
@@ -74,7 +74,7 @@ def _run(args, device) -> int:
     for start in tqdm(range(0, len(kp_all), args.batch), desc="fit", unit="batch"):
         index = slice(start, start + args.batch)
         boxes = boxes_all[index]
-        init = _hmr_start(predictor, people, boxes, args.images, index) if predictor else None
+        init = hmr_start(predictor, args.images, people.images[index], boxes.cpu().numpy()) if predictor else None
         results.append(fitter.fit(kp_all[index], boxes, init))
     seconds = time.perf_counter() - t0
     out = {k: torch.cat([getattr(r, k) for r in results]).cpu().numpy()
@@ -94,39 +94,42 @@ def _run(args, device) -> int:
     return 0
 
 
-def _hmr_start(predictor, people, boxes, images_dir, index) -> dict:
-    """HMR's prediction on each person's crop, in the fitter's parameters (same boxes)."""
-    import cv2
+def hmr_start(predictor, images_dir, names, boxes) -> dict:
+    """HMR's prediction for each person, in the fitter's parameters: names (B,) the image each
+    person is in, boxes (B, 3) the fitter's square boxes (cx, cy, size), so the weak camera
+    means the same in both. Each image is read once; the predictor batches all the crops."""
+    rows = _rows_by_image(names)
+    frames = [_read_image(images_dir, name, "--checkpoint") for name in rows]
+    boxes = np.asarray(boxes, dtype=np.float64)
+    xyxy = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], axis=1)
+    pred = predictor.predict(frames, [xyxy[r] for r in rows.values()], return_vertices=False)
+    person = np.argsort(np.concatenate(list(rows.values())))  # predictions come image by image
+    return {"global_orient": pred.pose[person, :3], "body_pose": pred.pose[person, 3:],
+            "betas": pred.betas[person], "cam": pred.cam[person]}
 
-    names = people.images[index]
-    init = {"global_orient": [], "body_pose": [], "betas": [], "cam": []}
-    for name, box in zip(names, boxes.cpu().numpy()):
-        image = cv2.imread(str(Path(images_dir) / name)) if name else None
-        if image is None:
-            raise DataError(f"{Path(images_dir) / (name or '?')}: image not found or unreadable (needed by --checkpoint)")
-        cx, cy, size = box
-        pred = predictor.predict(image, [[cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2]])
-        init["global_orient"].append(pred.pose[0, :3])
-        init["body_pose"].append(pred.pose[0, 3:])
-        init["betas"].append(pred.betas[0])
-        init["cam"].append(pred.cam[0])
-    return {k: np.asarray(v) for k, v in init.items()}
+
+def _rows_by_image(names) -> dict:
+    rows = {}
+    for i, name in enumerate(names):
+        rows.setdefault(name, []).append(i)
+    return rows
+
+
+def _read_image(images_dir, name, needed_by: str) -> np.ndarray:
+    image = cv2.imread(str(Path(images_dir) / name)) if name else None
+    if image is None:
+        raise DataError(f"{Path(images_dir) / (name or '?')}: image not found or unreadable (needed by {needed_by})")
+    return image
 
 
 def _render(smpl, out, people, images_dir: Path, render_dir: Path) -> None:
-    import cv2
-
     render_dir.mkdir(parents=True, exist_ok=True)
-    by_image = {}
-    for i, name in enumerate(people.images):
-        by_image.setdefault(name, []).append(i)
-    for name, rows in by_image.items():
-        image = cv2.imread(str(images_dir / name)) if name else None
-        if image is None:
-            raise DataError(f"{images_dir / (name or '?')}: image not found or unreadable (needed by --render)")
+    device = smpl.v_template.device
+    for name, rows in _rows_by_image(people.images).items():
+        image = _read_image(images_dir, name, "--render")
+        as_t = lambda key: torch.as_tensor(out[key][rows], device=device)  # noqa: E731
         with torch.no_grad():
-            body = smpl(betas=torch.as_tensor(out["betas"][rows]), global_orient=torch.as_tensor(out["global_orient"][rows]),
-                        body_pose=torch.as_tensor(out["body_pose"][rows]))
+            body = smpl(betas=as_t("betas"), global_orient=as_t("global_orient"), body_pose=as_t("body_pose"))
         px = vertices_to_pixels(body.vertices.cpu().numpy().astype(np.float64), out["camera"][rows], out["boxes"][rows])
         for k in np.argsort(-px[..., 2].mean(1)):  # far to near
             render_mesh(image, px[k], smpl.faces)
