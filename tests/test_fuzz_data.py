@@ -2,7 +2,7 @@
 npz and a config YAML either load or raise the project's own error (DataError /
 ConfigError) with a message; never another exception, never a hang, never code run.
 
-CI runs a bounded, derandomised number of examples; HMR_FAST_FUZZ_EXAMPLES=2000 runs more.
+The budget (HMR_FAST_FUZZ_EXAMPLES, HMR_FAST_FUZZ_SEED) is tests/fuzzing.py's.
 """
 import io
 import json
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -22,11 +22,8 @@ from hmr_fast.data.prior import PosePrior
 from hmr_fast.data.spin_npz import SpinDataset
 from hmr_fast.errors import DataError
 from hmr_fast.training.config import ConfigError, load_config
+from fuzzing import FUZZ
 
-EXAMPLES = int(os.environ.get("HMR_FAST_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 200, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 

@@ -1,25 +1,20 @@
 """Fuzzing the keypoint readers of `hmr-fast fit` (OpenPose json, COCO json, npz): every input
 loads or raises DataError naming the file: no other exception, no hang, no code run.
 
-60 derandomised examples per test here; HMR_FAST_FUZZ_EXAMPLES=N runs more.
+The budget (HMR_FAST_FUZZ_EXAMPLES, HMR_FAST_FUZZ_SEED) is tests/fuzzing.py's.
 """
 import io
 import json
-import os
 import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from hmr_fast.errors import DataError
 from hmr_fast.fit import read_keypoints
-
-EXAMPLES = int(os.environ.get("HMR_FAST_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
+from fuzzing import FUZZ
 
 def _valid_files():
     coco = {"images": [{"id": 1, "file_name": "a.jpg"}],

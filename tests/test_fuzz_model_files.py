@@ -30,21 +30,17 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hmr_fast.body import SMPL, load_model_file
 from hmr_fast.body.model_file import ModelFileError, UnsafePickleError
 from hmr_fast.errors import CheckpointError
 from hmr_fast.model.checkpoint import load_checkpoint, read_checkpoint
+from fuzzing import EXAMPLES, FUZZ, SEED, SEEDED
 from test_model_file import random_arrays
 
-EXAMPLES = int(os.environ.get("HMR_FAST_FUZZ_EXAMPLES", "60"))
-SEED = os.environ.get("HMR_FAST_FUZZ_SEED")  # unset: derandomized (the same examples every run)
 EXAMPLE_SECONDS = float(os.environ.get("HMR_FAST_FUZZ_DEADLINE", "15"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=SEED is None, database=None,
-                suppress_health_check=list(HealthCheck), print_blob=True)
-SEEDED = seed(int(SEED)) if SEED is not None else (lambda test: test)
 
 CANARY_ENV = "HMR_FAST_FUZZ_CANARY"
 V, F, NB = 12, 20, 4  # a small model: the arrays do not drown the pickle's structure
