@@ -20,8 +20,8 @@
 #   pip download --no-deps -d .whl --only-binary=:all: --python-version 3.X scipy
 # and pass carry=[".whl"] to the device tool. They are installed with
 #   pip install --no-index --no-deps --target /tmp/hmr_site/wheels .whl/*.whl
-# hmr_fast itself is put on PYTHONPATH from this tree (symlinks laid out as setup.py's
-# package_dir: kernels/ -> hmr_fast.kernels), nothing is installed.
+# hmr_fast itself is put on PYTHONPATH from this tree (hmr_fast/kernels and hmr_fast/training
+# are links to kernels/ and training/, setup.py's package_dir), nothing is installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,14 +34,14 @@ FAILED=()
 
 SITE=/tmp/hmr_site
 rm -rf "$SITE"
-mkdir -p "$SITE/pkg/hmr_fast" "$SITE/wheels"
+mkdir -p "$SITE/wheels"
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --target "$SITE/wheels" .whl/*.whl || FAILED+=("wheels")
 fi
-for entry in hmr_fast/*; do ln -s "$ROOT/$entry" "$SITE/pkg/hmr_fast/"; done
-ln -s "$ROOT/kernels" "$SITE/pkg/hmr_fast/kernels"
-ln -s "$ROOT/training" "$SITE/pkg/hmr_fast/training"
-export PYTHONPATH="$SITE/pkg:$SITE/wheels${PYTHONPATH:+:$PYTHONPATH}"
+for pkg in kernels training; do  # a copy of the tree that lost the links: lay them again
+  [ -d "hmr_fast/$pkg" ] || ln -sfn "../$pkg" "hmr_fast/$pkg"
+done
+export PYTHONPATH="$ROOT:$SITE/wheels${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
 
 {
