@@ -20,7 +20,7 @@ from hmr_fast.infer import Predictor
 from hmr_fast.infer.frames import FrameReader, open_source
 from random_checkpoint import make_checkpoint
 from hmr_fast.infer.tracking import KeypointTracker, MotionDetector, box_iou, pick_detection
-from hmr_fast.infer.video import VideoConfig, run_video
+from hmr_fast.infer.video import VideoConfig, _StopSignals, run_video
 from hmr_fast.infer.writer import VideoSink, letterbox, partial_path
 
 S = 64
@@ -143,6 +143,28 @@ def test_interrupted_run_keeps_the_frames_done(tmp_path, checkpoint):
     p = np.load(tmp_path / "p.npz")
     assert bool(p["interrupted"]) and len(p["frame_index"]) == 6
     assert not partial_path(tmp_path / "out.mp4").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_waits_until_the_frame_is_written_and_recorded(signum):
+    """A signal between writing a frame to the video and recording its row would leave the
+    video one frame longer than the npz: inside frame() it waits for the frame's end."""
+    stop = _StopSignals()
+    done = []
+    with stop.installed():
+        with pytest.raises(KeyboardInterrupt):
+            with stop.frame():
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # Python runs the handler here, between bytecodes
+                done.append("written")
+                done.append("recorded")
+        assert done == ["written", "recorded"]
+        with pytest.raises(KeyboardInterrupt):  # between frames it stops at once
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)
+            done.append("after")
+    assert done == ["written", "recorded"]
+    assert signal.getsignal(signal.SIGTERM) is not stop.handler  # put back
 
 
 def test_sigterm_leaves_playable_outputs(tmp_path, checkpoint):

@@ -131,20 +131,43 @@ class _Interrupted(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so the same cleanup runs."""
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _StopSignals:
+    """Ctrl-C and SIGTERM stop the run, but never between writing a frame to the video and
+    recording its row: inside `frame()` a signal waits until the frame is done, so the video
+    and the npz always hold the same frames."""
 
-    def handler(signum, frame):
-        raise _Interrupted()
+    def __init__(self):
+        self.inside = False
+        self.pending = False
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def handler(self, signum, frame):
+        if self.inside:
+            self.pending = True
+        else:
+            raise _Interrupted()
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach only the main thread; nothing to install
+            return
+        previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    @contextlib.contextmanager
+    def frame(self):
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+        if self.pending:
+            self.pending = False
+            raise _Interrupted()
 
 
 def _chunks(reader, size: int):
@@ -162,11 +185,13 @@ def run_video(cfg: VideoConfig, predictor: Optional[Predictor] = None, log=print
     """The whole pipeline (see the module docstring); returns a summary dict."""
     cfg.validate()
     on_cpu = (predictor.device if predictor is not None else resolve_device(cfg.device)).type == "cpu"
-    with torch_threads(cpu_threads() if on_cpu else None):
-        return _run_video(cfg, predictor, log, cpu_threads() if on_cpu else None)
+    stop = _StopSignals()
+    with torch_threads(cpu_threads() if on_cpu else None), stop.installed():
+        return _run_video(cfg, predictor, log, cpu_threads() if on_cpu else None, stop)
 
 
-def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: Optional[int]) -> dict:
+def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: Optional[int],
+               stop: _StopSignals) -> dict:
     reader = FrameReader(cfg.input, cfg.max_frames, queue_size=max(8, 2 * cfg.batch), fps=cfg.fps)
     sink = recorder = tracker = None
     timer = _Timer()
@@ -225,10 +250,11 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
                 latency = time.perf_counter() - t0
                 draw_hud(frame, [f"{timer.fps:5.1f} FPS  {1000 * latency:6.1f} ms/frame  batch {len(chunk)}",
                                  f"{predictor.backend_name} on {predictor.device}"])
-                sink.write(frame)
-                timer.frame_done(latency)
-                if recorder is not None:
-                    _record(recorder, index, times[i], params, raw, boxes, keypoints_px, joints3d, i)
+                with stop.frame():
+                    sink.write(frame)
+                    timer.frame_done(latency)
+                    if recorder is not None:
+                        _record(recorder, index, times[i], params, raw, boxes, keypoints_px, joints3d, i)
                 if show:
                     show = _show(frame)
             summary["frames"] += len(chunk)
@@ -237,6 +263,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
     except KeyboardInterrupt:
         summary["interrupted"] = True
     finally:
+        stop.inside = True  # a second Ctrl-C must not cut the files short while they are closed
         reader.close()
         summary["skipped_frames"] = reader.skipped
         _input_problems(summary, reader)
@@ -392,8 +419,7 @@ def run(args) -> int:
                       detector=args.detector,
                       smooth=not args.no_smooth, fps=args.fps)
     try:
-        with sigterm_as_interrupt():
-            summary = run_video(cfg)
+        summary = run_video(cfg)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"hmr-fast video: {exc}", file=sys.stderr)
         return 2
