@@ -32,6 +32,21 @@ def project_weak_perspective(points, cam):
     return cam[:, None, :1] * (points[..., :2] + cam[:, None, 1:])
 
 
+def fit_weak_perspective(points, keypoints, weights):
+    """The weak camera (B, 3) = (s, tx, ty) that best maps points (B, J, 3) onto keypoints
+    (B, J, 2) in weighted least squares (weights (B, J)): x = s X + s t is linear in s and
+    s t, so it has a closed form (torch). s is kept above 1e-3."""
+    import torch
+
+    w = weights[..., None]
+    total = w.sum(1).clamp(min=1e-9)
+    X, x = points[..., :2], keypoints
+    X_mean, x_mean = (w * X).sum(1) / total, (w * x).sum(1) / total
+    dX, dx = X - X_mean[:, None], x - x_mean[:, None]
+    s = ((w * dX * dx).sum((1, 2)) / (w * dX * dX).sum((1, 2)).clamp(min=1e-9)).clamp(min=1e-3)
+    return torch.cat([s[:, None], x_mean / s[:, None] - X_mean], dim=1)
+
+
 def vertices_to_pixels(vertices: np.ndarray, cam: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """(B, V, 3) model-frame points -> x, y frame pixels and z depth in the same pixel scale,
     through the weak perspective and the crop boxes (B, 3)."""

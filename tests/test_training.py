@@ -86,9 +86,9 @@ def test_smpl_loss_zero_at_ground_truth_with_gradients():
     pose = torch.randn(3, 72) * 0.3
     betas = torch.randn(3, 10)
     rot = rodrigues(pose.view(3, 24, 3))
-    assert losses.smpl_loss(rot, betas, pose, betas, torch.ones(3)).item() == pytest.approx(0.0, abs=1e-10)
+    assert losses.smpl_loss(rot, betas, rot, betas, torch.ones(3)).item() == pytest.approx(0.0, abs=1e-10)
     pred_betas = (betas + 1).requires_grad_()
-    loss = losses.smpl_loss(rot, pred_betas, pose, betas, torch.tensor([1.0, 0.0, 1.0]))
+    loss = losses.smpl_loss(rot, pred_betas, rot, betas, torch.tensor([1.0, 0.0, 1.0]))
     # 0.5 * mean over 2 samples x 226 numbers of the squared error (10 betas off by 1 each)
     assert loss.item() == pytest.approx(0.5 * 20 / (2 * 226))
     loss.backward()

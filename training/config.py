@@ -101,6 +101,18 @@ class TrainConfig:
 
 
 @dataclass
+class SpinConfig:
+    # SPIN's loop (training/spin.py): samples without SMPL labels are fitted to their 2D
+    # keypoints each time they are drawn (SMPLify from HMR's prediction); the best fit per
+    # sample is kept across epochs and supervises HMR's SMPL parameters (loss.smpl_weight).
+    enabled: bool = False
+    fit_iters: int = 50  # whole-body iterations per fit (SPIN: 100)
+    torso_iters: int = 10  # camera and global orientation first
+    max_error: float = 0.1  # a fit supervises when its keypoints lie this close to the labels on average
+    # (normalised crop units: 1 = half the crop side; 0.1 = 5% of the side)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -108,6 +120,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    spin: SpinConfig = field(default_factory=SpinConfig)
 
 
 CHOICES = {
@@ -131,6 +144,7 @@ RANGES = {
     "train.steps": (1, None), "train.batch_size": (1, None), "train.log_every": (1, None),
     "train.eval_every": (1, None), "train.checkpoint_every": (1, None), "train.adversarial_start": (0, None),
     "train.time_limit_minutes": (0.0, None), "train.cpu_threads": (0, None),
+    "spin.fit_iters": (1, None), "spin.torso_iters": (0, None), "spin.max_error": (0.0, None),
 }
 
 

@@ -4,7 +4,8 @@
   visible coordinates (TF's SUM_BY_NONZERO_WEIGHTS, as HMR's keypoint_l1_loss).
 - joints3d_loss: squared error of pelvis-aligned 3D joints (LSP's 14, pelvis = hip
   midpoint), over samples that have 3D joints and joints with confidence.
-- smpl_loss: 0.5 x squared error of [24 rotation matrices, betas] where a sample has SMPL.
+- smpl_loss: 0.5 x squared error of [24 rotation matrices, betas] where a sample has SMPL
+  (labels, or with spin.enabled SPIN's fits: training/spin.py).
 - The adversarial (LSGAN) losses are in hmr_fast.model.discriminator.
 Each returns a scalar; a batch with nothing to compare gives 0 (with a gradient path).
 """
@@ -12,10 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from hmr_fast.body.model_data import NUM_JOINTS
 from hmr_fast.data.keypoints import NUM_LSP
 from hmr_fast.metrics import LEFT_HIP, RIGHT_HIP, align_by_pelvis
-from hmr_fast.rotations import rodrigues
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -39,9 +38,8 @@ def joints3d_loss(pred: torch.Tensor, gt: torch.Tensor, has_3d: torch.Tensor) ->
     return _weighted_mean(error, weights.to(pred.dtype))
 
 
-def smpl_loss(pred_rot_mats, pred_betas, gt_pose, gt_betas, has_smpl) -> torch.Tensor:
-    """pred_rot_mats (B, 24, 3, 3), pred_betas (B, 10), gt_pose (B, 72) axis-angle."""
-    gt_rot_mats = rodrigues(gt_pose.view(-1, NUM_JOINTS, 3))
+def smpl_loss(pred_rot_mats, pred_betas, gt_rot_mats, gt_betas, has_smpl) -> torch.Tensor:
+    """pred_rot_mats and gt_rot_mats (B, 24, 3, 3), betas (B, 10), has_smpl (B,) the samples' weights."""
     pred = torch.cat([pred_rot_mats.flatten(1), pred_betas], dim=1)
     gt = torch.cat([gt_rot_mats.flatten(1), gt_betas], dim=1)
     return 0.5 * _weighted_mean((pred - gt) ** 2, has_smpl[:, None].to(pred.dtype))

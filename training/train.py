@@ -50,6 +50,7 @@ from hmr_fast.model.checkpoint import SMPL_PREFIX, load_weights, read_checkpoint
 from hmr_fast.rotations import rodrigues
 
 from . import losses
+from .spin import SpinLoop, spin_rows
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config, apply_overrides
 from .evaluate import evaluate_model
 
@@ -62,6 +63,7 @@ WEIGHTS_DIGEST_ENV = "HMR_FAST_WEIGHTS_DIGEST"  # tests: a folder where each pro
 NO_BAD_STEP = 2**62  # fit()'s device flag before any step's losses were NaN/Inf
 LOSS_NAMES = ("loss/total", "loss/keypoints", "loss/joints3d", "loss/smpl", "loss/adversarial",
               "loss/disc_real", "loss/disc_fake")
+SPIN_NAMES = ("spin/fits_used", "spin/fit_error")  # logged when spin.enabled
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,6 +147,10 @@ class Trainer:
         self._setup_data()
         self._setup_models(init=config.model.init if checkpoint is None else None)  # a resumed run has its own
         self._setup_optimizers()
+        sc = config.spin
+        self.spin = SpinLoop(self.smpl, len(self.train_set), sc.fit_iters, sc.torso_iters, sc.max_error) \
+            if sc.enabled else None
+        self.loss_names = LOSS_NAMES + (SPIN_NAMES if self.spin is not None else ())
         self.step = 0
         self.batches_consumed = 0
         self.skipped_images = 0
@@ -318,6 +324,8 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.batches_consumed = int(ckpt["data"]["batches_consumed"])
         self.skipped_images = int(ckpt["data"].get("skipped_images", 0))
+        if self.spin is not None and "spin" in ckpt:  # a run that turns SPIN on later starts with no fits
+            self.spin.load_state_dict(ckpt["spin"])
 
     def save(self) -> None:
         """RUN/last.pt; never with NaN/Inf weights: TrainingDiverged keeps the last good checkpoint."""
@@ -336,7 +344,8 @@ class Trainer:
             optimizers={"encoder": self.e_opt.state_dict(), "discriminator": self.d_opt.state_dict()},
             schedulers={"encoder": self.e_sched.state_dict(), "discriminator": self.d_sched.state_dict()},
             rng=states,
-            data={"batches_consumed": self.batches_consumed, "skipped_images": self.skipped_images})
+            data={"batches_consumed": self.batches_consumed, "skipped_images": self.skipped_images},
+            **({"spin": self.spin.state_dict()} if self.spin is not None else {}))
         self.saved_step = self.step
 
     def _weights_finite(self) -> bool:
@@ -352,7 +361,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, batch: dict) -> torch.Tensor:
-        """One encoder step and one discriminator step; returns the losses (LOSS_NAMES) on the device."""
+        """One encoder step and one discriminator step; returns the losses (self.loss_names) on the device."""
         lc, dev = self.config.loss, self.device
         b = {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
         images = normalise_images(b["image"], b["color"])
@@ -364,7 +373,16 @@ class Trainer:
             out = self.train_model(images)
         kp = losses.keypoint_loss(out.keypoints2d, b["keypoints"])
         j3d = losses.joints3d_loss(out.joints3d, b["joints3d"], b["has_3d"])
-        smpl = losses.smpl_loss(out.rot_mats, out.betas, b["pose"], b["betas"], b["has_smpl"])
+        gt_rot_mats, gt_betas, has_smpl = rodrigues(b["pose"].view(-1, NUM_JOINTS, 3)), b["betas"], b["has_smpl"]
+        spin_values = ()
+        if self.spin is not None:  # SPIN: the kept fits supervise the samples without SMPL labels
+            rows = spin_rows(b)
+            fits = self.spin.targets(b, out.rot_mats.float(), out.betas.float(), out.cam.float(), rows)
+            gt_rot_mats = torch.where(rows[:, None, None, None], fits.rot_mats, gt_rot_mats)
+            gt_betas = torch.where(rows[:, None], fits.betas, gt_betas)
+            has_smpl = torch.where(rows, fits.used.to(has_smpl.dtype), has_smpl)
+            spin_values = tuple(self.spin.log_values(fits, rows))
+        smpl = losses.smpl_loss(out.rot_mats, out.betas, gt_rot_mats, gt_betas, has_smpl)
         e_loss = lc.keypoint_weight * kp + lc.joints3d_weight * j3d + lc.smpl_weight * smpl
         adversarial = lc.adversarial_weight > 0 and self.step >= self.config.train.adversarial_start
         # The discriminator judges every IEF iteration's pose and shape (HMR's fake set).
@@ -394,7 +412,7 @@ class Trainer:
             self._clip(self.discriminator.parameters())
             self.d_opt.step()
         self.d_sched.step()
-        return torch.stack([e_loss, kp, j3d, smpl, adv, d_real, d_fake]).detach().float()
+        return torch.stack([e_loss, kp, j3d, smpl, adv, d_real, d_fake, *spin_values]).detach().float()
 
     def _clip(self, params) -> None:
         if self.config.optim.grad_clip > 0:
@@ -461,7 +479,7 @@ class Trainer:
             diverged = self._first_bad_step(first_bad) if log_due or self.step % tc.checkpoint_every == 0 else None
             if log_due:
                 elapsed = time.perf_counter() - t_log
-                record = {"step": self.step, **dict(zip(LOSS_NAMES, (sums / count).cpu().tolist())),
+                record = {"step": self.step, **dict(zip(self.loss_names, (sums / count).cpu().tolist())),
                           "images_per_s": count * tc.batch_size / max(elapsed, 1e-9),
                           "data_wait_frac": wait / max(wait + busy, 1e-9),
                           "lr/encoder": self.e_opt.param_groups[0]["lr"],

@@ -58,14 +58,15 @@ def flip_joints3d(joints: np.ndarray, flip_perm) -> np.ndarray:
 
 
 def flip_pose(pose: np.ndarray) -> np.ndarray:
-    """Mirror an SMPL pose (72,) axis-angle across the body's x = 0 plane.
+    """Mirror SMPL poses (..., 72) axis-angle across the body's x = 0 plane.
 
     With M = diag(-1, 1, 1), a mirrored rotation is M R M, whose axis-angle is (ax, -ay, -az);
     each joint also trades places with its mirror joint (the root stays).
     """
-    out = pose.reshape(24, 3)[list(SMPL24_FLIP)].copy()
-    out[:, 1:] = -out[:, 1:]
-    return out.reshape(-1)
+    pose = np.asarray(pose)
+    out = pose.reshape(*pose.shape[:-1], 24, 3)[..., list(SMPL24_FLIP), :].copy()
+    out[..., 1:] = -out[..., 1:]
+    return out.reshape(pose.shape)
 
 
 def rotate_joints3d(joints: np.ndarray, degrees: float) -> np.ndarray:
@@ -75,13 +76,30 @@ def rotate_joints3d(joints: np.ndarray, degrees: float) -> np.ndarray:
     return out
 
 
-def rotate_global_orient(pose: np.ndarray, degrees: float) -> np.ndarray:
-    """The SMPL pose (72,) with its root turned about the camera axis by the crop rotation."""
-    R = np.eye(3)
-    R[:2, :2] = rotation_2d(degrees)
-    out = pose.copy()
-    out[:3] = (Rotation.from_matrix(R) * Rotation.from_rotvec(pose[:3])).as_rotvec()
-    return out
+def rotate_global_orient(pose: np.ndarray, degrees) -> np.ndarray:
+    """SMPL poses (..., 72) with their roots turned about the camera axis by the crop
+    rotation (degrees: one number, or one per pose)."""
+    pose = np.asarray(pose)
+    flat = pose.reshape(-1, 72).astype(np.float64)
+    t = np.deg2rad(np.broadcast_to(np.asarray(degrees, dtype=np.float64), pose.shape[:-1]).reshape(-1))
+    R = np.zeros((len(t), 3, 3))
+    R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1], R[:, 2, 2] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t), 1.0
+    out = flat.copy()
+    out[:, :3] = (Rotation.from_matrix(R) * Rotation.from_rotvec(flat[:, :3])).as_rotvec()
+    return out.reshape(pose.shape).astype(pose.dtype)
+
+
+def augment_poses(poses: np.ndarray, rotation, flip) -> np.ndarray:
+    """SMPL poses (B, 72) of the samples' own frames seen through their crops: rotation
+    (B,) degrees, then flip (B,) bool, as augment_labels does one sample."""
+    out = rotate_global_orient(poses, rotation)
+    return np.where(np.asarray(flip, dtype=bool)[:, None], flip_pose(out), out)
+
+
+def unaugment_poses(poses: np.ndarray, rotation, flip) -> np.ndarray:
+    """The inverse of augment_poses: poses seen through the crops, back in the samples' frames."""
+    out = np.where(np.asarray(flip, dtype=bool)[:, None], flip_pose(poses), poses)
+    return rotate_global_orient(out, -np.asarray(rotation, dtype=np.float64))
 
 
 def augment_labels(aug: Augmentation, joints3d=None, pose=None, flip_perm=None):

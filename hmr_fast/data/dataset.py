@@ -129,6 +129,8 @@ class PersonCropDataset(Dataset):
             "betas": (record.betas[:10] if has_smpl else np.zeros(10)).astype(np.float32),
             "has_3d": np.float32(has_3d),
             "has_smpl": np.float32(has_smpl),
+            "rotation": np.float32(aug.rotation),  # the crop's augmentation, for labels made in training (SPIN's fits)
+            "flip": np.bool_(aug.flip),
             "skipped": np.int64(skipped),
             "index": np.int64(index),
         }
