@@ -20,7 +20,8 @@ from hmr_fast.infer import Predictor
 from hmr_fast.infer.frames import FrameReader, open_source
 from random_checkpoint import make_checkpoint
 from hmr_fast.infer.tracking import KeypointTracker, MotionDetector, box_iou, pick_detection
-from hmr_fast.infer.video import VideoConfig, _StopSignals, run_video
+from hmr_fast.infer.pipeline import StopSignals
+from hmr_fast.infer.video import VideoConfig, run_video
 from hmr_fast.infer.writer import VideoSink, letterbox, partial_path
 
 S = 64
@@ -149,7 +150,7 @@ def test_interrupted_run_keeps_the_frames_done(tmp_path, checkpoint):
 def test_a_stop_signal_waits_until_the_frame_is_written_and_recorded(signum):
     """A signal between writing a frame to the video and recording its row would leave the
     video one frame longer than the npz: inside frame() it waits for the frame's end."""
-    stop = _StopSignals()
+    stop = StopSignals()
     done = []
     with stop.installed():
         with pytest.raises(KeyboardInterrupt):

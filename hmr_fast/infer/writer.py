@@ -113,9 +113,9 @@ class ParamsRecorder:
     def __len__(self) -> int:
         return len(next(iter(self.rows.values()), []))
 
-    def save(self, **meta) -> Path:
+    def save(self, index_key: str = "frame_index", **meta) -> Path:
         arrays = {k: np.stack(v) for k, v in self.rows.items() if v}
-        arrays.setdefault("frame_index", np.zeros(0, dtype=np.int64))  # present even when no frame was done
+        arrays.setdefault(index_key, np.zeros(0, dtype=np.int64))  # present even when no frame was done
         for key, value in meta.items():
             arrays[key] = np.asarray(value)
         with atomic_path(self.path) as tmp, open(tmp, "wb") as f:

