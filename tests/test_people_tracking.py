@@ -25,7 +25,7 @@ class Person:
 
 @pytest.fixture(scope="module")
 def crowd(tmp_path_factory):
-    from hmr_fast.infer.crowd_clip import render_crowd_clip
+    from hmr_fast.infer.clips import render_crowd_clip
     out = tmp_path_factory.mktemp("crowd")
     render_crowd_clip(out, num_people=4, num_frames=T, width=W, height=H, seed=0)
     gt = dict(np.load(out / "crowd_gt.npz"))

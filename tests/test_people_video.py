@@ -24,7 +24,7 @@ def test_track_colours_differ():
 # ------------------------------------------------------------------ the whole pipeline
 @pytest.fixture(scope="module")
 def crowd(tmp_path_factory):
-    from hmr_fast.infer.crowd_clip import render_crowd_clip
+    from hmr_fast.infer.clips import render_crowd_clip
 
     out = tmp_path_factory.mktemp("crowd")
     gt = render_crowd_clip(out, num_people=3, num_frames=30, width=480, height=270, seed=1)

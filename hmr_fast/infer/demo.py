@@ -8,6 +8,12 @@
    synthetic renders; assets/README.md records how): DIR/overlay.mp4, DIR/params.npz.
 3. Prints the pipeline's FPS and the errors against the clip's ground truth: MPJPE and
    PA-MPJPE over LSP's 14 joints (pelvis-aligned, mm), and PCK of the 2D keypoints.
+4. Every person: renders four mannequins crossing each other's paths (DIR/crowd.mp4,
+   DIR/crowd_gt.npz; infer/clips.py) and runs `hmr-fast video --people all` on it
+   (MoveNet from the installed weights, the tracker, HMR, the fit): DIR/crowd_overlay.mp4,
+   DIR/people.npz; prints the people found, identity switches and the errors against the
+   truth beside FPS. Without MoveNet's weights or the [people] extra it says how to get
+   them and skips this part (`--people one` skips it too).
 """
 from __future__ import annotations
 
@@ -23,31 +29,11 @@ from scipy.spatial.transform import Rotation
 from hmr_fast import metrics
 from hmr_fast.body import SMPL
 from hmr_fast.data.keypoints import NUM_LSP
-from hmr_fast.data.pose_sampler import CENTRE_LIMITS, SIDE_LIMITS, SIDES, clip_to_limits, parameters_to_rotmats
 from hmr_fast.data.synth import BodyPalette, random_background
 from hmr_fast.render import render_mesh
 
+from .clips import walk_cycle
 from .video import SHIPPED_CHECKPOINT as DEMO_CHECKPOINT, VideoConfig, run_video
-
-
-def walk_cycle(num_frames: int, fps: float) -> np.ndarray:
-    """Local rotations (T, 24, 3, 3) of a walk in place, about one stride per second."""
-    t = np.arange(num_frames) / fps
-    phase = 2 * np.pi * 0.9 * t
-    p = {f"{s}.{k}": np.zeros(num_frames) for s in SIDES for k in SIDE_LIMITS}
-    p.update({k: np.zeros(num_frames) for k in CENTRE_LIMITS})
-    for side, shift in (("left", 0.0), ("right", np.pi)):
-        swing = np.sin(phase + shift)
-        p[f"{side}.hip_flex"] = 0.1 + 0.45 * swing
-        p[f"{side}.knee_flex"] = 0.15 + 0.7 * np.clip(np.sin(phase + shift + 1.0), 0, None)
-        p[f"{side}.ankle_flex"] = 0.1 * np.cos(phase + shift)
-        other = "right" if side == "left" else "left"
-        p[f"{other}.shoulder_flex"] = 0.4 * swing
-        p[f"{side}.shoulder_abd"] = np.full(num_frames, 0.15)
-        p[f"{side}.elbow_flex"] = 0.4 + 0.2 * np.sin(phase + shift)
-    p["spine_flex"] = np.full(num_frames, 0.05)
-    p["neck_twist"] = 0.25 * np.sin(2 * np.pi * 0.3 * t)
-    return parameters_to_rotmats(clip_to_limits(p))
 
 
 def render_clip(out_dir: Path, num_frames: int = 90, width: int = 320, height: int = 240, fps: float = 30.0,
@@ -128,21 +114,73 @@ def add_arguments(parser) -> None:
                         "compiled on CUDA, torch on the CPU")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clip's body, background and walk")
+    parser.add_argument("--people", default="both", choices=("one", "all", "both"),
+                        help="one: the one-person clip; all: the crowd clip with every person found, tracked, "
+                             "meshed and fitted (needs MoveNet's weights); both (default)")
+
+
+def run_people_demo(out_dir, checkpoint, num_frames: int = 90, device=None, seed: int = 0, log=print) -> dict:
+    """Step 4 of the module docstring; returns {"video": summary, "tracking": ..., "accuracy": ...}."""
+    from .clips import render_crowd_clip
+    from .people_metrics import people_errors, tracking_report
+    from .people_video import PeopleConfig, run_people
+
+    out_dir = Path(out_dir)
+    log(f"rendering a {num_frames}-frame 640x360 clip of four mannequins -> {out_dir / 'crowd.mp4'}")
+    gt = render_crowd_clip(out_dir, num_people=4, num_frames=num_frames, width=640, height=360, seed=seed)
+    cfg = PeopleConfig(input=str(out_dir / "crowd.mp4"), out=str(out_dir / "crowd_overlay.mp4"),
+                       checkpoint=str(checkpoint), save_params=str(out_dir / "people.npz"), device=device,
+                       progress=False)
+    summary = run_people(cfg, log=log)
+    params = dict(np.load(out_dir / "people.npz"))
+    report = tracking_report(gt, {"frame": params["frame"], "track_id": params["track_id"], "box": params["box"]})
+    tracking = {k: report[k] for k in ("recall", "precision", "id_switches", "gt_rows", "matched")}
+    tracking["people"] = int(len(np.unique(gt["person"])))
+    return {"video": summary, "tracking": tracking, "accuracy": people_errors(gt, params, report)}
+
+
+def people_unavailable() -> str:
+    """Why `--people all` cannot run here ('' when it can): the [people] extra or MoveNet's weights."""
+    from hmr_fast.errors import HmrFastError
+
+    for module in ("ai_edge_litert", "norfair"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f'{module} is not installed (pip install "hmr_fast[people]")'
+    from .people import movenet_weights
+
+    try:
+        movenet_weights()
+    except HmrFastError as exc:
+        return str(exc)
+    return ""
 
 
 def run_demo(out_dir, checkpoint=None, num_frames: int = 90, width: int = 320, height: int = 240,
-             backend: str = "auto", device=None, seed: int = 0, log=print) -> dict:
+             backend: str = "auto", device=None, seed: int = 0, log=print, people: str = "one") -> dict:
     checkpoint = Path(checkpoint) if checkpoint else DEMO_CHECKPOINT
     if not checkpoint.is_file():
         raise FileNotFoundError(f"demo checkpoint {checkpoint} not found (it ships in hmr_fast/assets; "
                                 "reinstall the package, or pass --checkpoint)")
     out_dir = Path(out_dir)
-    log(f"rendering a {num_frames}-frame {width}x{height} clip of the mannequin -> {out_dir / 'clip.mp4'}")
-    gt = render_clip(out_dir, num_frames, width, height, seed=seed)
-    cfg = VideoConfig(input=str(out_dir / "clip.mp4"), checkpoint=str(checkpoint), out=str(out_dir / "overlay.mp4"),
-                      save_params=str(out_dir / "params.npz"), backend=backend, device=device, progress=False)
-    summary = run_video(cfg, log=log)
-    result = {"video": summary, "accuracy": evaluate(out_dir / "params.npz", gt), "checkpoint": str(checkpoint)}
+    result = {"checkpoint": str(checkpoint)}
+    if people in ("one", "both"):
+        log(f"rendering a {num_frames}-frame {width}x{height} clip of the mannequin -> {out_dir / 'clip.mp4'}")
+        gt = render_clip(out_dir, num_frames, width, height, seed=seed)
+        cfg = VideoConfig(input=str(out_dir / "clip.mp4"), checkpoint=str(checkpoint),
+                          out=str(out_dir / "overlay.mp4"), save_params=str(out_dir / "params.npz"), backend=backend,
+                          device=device, progress=False)
+        summary = run_video(cfg, log=log)
+        result.update(video=summary, accuracy=evaluate(out_dir / "params.npz", gt))
+    if people in ("all", "both"):
+        missing = people_unavailable()
+        if missing:
+            if people == "all":
+                raise RuntimeError(f"--people all: {missing}")
+            result["people_skipped"] = missing
+        else:
+            result["people"] = run_people_demo(out_dir, checkpoint, num_frames, device, seed, log)
     (out_dir / "demo.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     return result
 
@@ -154,14 +192,26 @@ def run(args) -> int:
         print(f"hmr-fast demo: --size must be WxH, e.g. 320x240; got {args.size!r}", file=sys.stderr)
         return 2
     try:
-        result = run_demo(args.out, args.checkpoint, args.frames, width, height, args.backend, args.device, args.seed)
+        result = run_demo(args.out, args.checkpoint, args.frames, width, height, args.backend, args.device, args.seed,
+                          people=args.people)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"hmr-fast demo: {exc}", file=sys.stderr)
         return 2
-    v, a = result["video"], result["accuracy"]
-    print(f"video pipeline: {v['frames']} frames, {v['fps']:.1f} FPS (latency mean {v['latency_ms_mean']:.1f} ms) "
-          f"on {v['backend']} / {v['device']}")
-    print(f"against the clip's ground truth: MPJPE {a['mpjpe_mm']:.1f} mm, PA-MPJPE {a['pa_mpjpe_mm']:.1f} mm, "
-          f"PCK@0.1 {a['pck@0.1']:.3f}")
-    print(f"wrote {args.out}/overlay.mp4, params.npz, clip.mp4, clip_gt.npz, demo.json")
+    if "video" in result:
+        v, a = result["video"], result["accuracy"]
+        print(f"one person: {v['frames']} frames, {v['fps']:.1f} FPS (latency mean {v['latency_ms_mean']:.1f} ms) "
+              f"on {v['backend']} / {v['device']}")
+        print(f"  against the clip's ground truth: MPJPE {a['mpjpe_mm']:.1f} mm, PA-MPJPE {a['pa_mpjpe_mm']:.1f} mm, "
+              f"PCK@0.1 {a['pck@0.1']:.3f}")
+        print(f"  wrote {args.out}/overlay.mp4, params.npz, clip.mp4, clip_gt.npz")
+    if "people" in result:
+        v, t, a = result["people"]["video"], result["people"]["tracking"], result["people"]["accuracy"]
+        print(f"every person: {v['frames']} frames, {v['fps']:.1f} FPS; {v['tracks']} people found of {t['people']}, "
+              f"{t['id_switches']} identity switches, recall {t['recall']:.3f}, precision {t['precision']:.3f}")
+        print(f"  against the clip's ground truth: MPJPE {a['mpjpe_mm']:.1f} mm, PA-MPJPE {a['pa_mpjpe_mm']:.1f} mm, "
+              f"PCK@0.1 {a['pck@0.1']:.3f} of the fitted keypoints")
+        print(f"  wrote {args.out}/crowd_overlay.mp4, people.npz, crowd.mp4, crowd_gt.npz")
+    elif "people_skipped" in result:
+        print(f"every person: skipped: {result['people_skipped']}")
+    print(f"wrote {args.out}/demo.json")
     return 0

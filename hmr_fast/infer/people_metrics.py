@@ -6,14 +6,20 @@ ground-truth person keeps the track it was matched to while their boxes still ov
 enough, and an identity switch is a ground-truth person matched to a different track id
 than at its previous match (after a gap too). Ground-truth rows whose `visible` fraction
 is under `min_visible` are "don't care": they need not be found, and a prediction on them
-is not a false positive. Rows are those of `crowd_clip`'s crowd_gt.npz.
+is not a false positive. Rows are those of `clips.render_crowd_clip`'s crowd_gt.npz. `people_errors`
+scores the matched people's fitted keypoints and 3D joints against the truth.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
+
+from hmr_fast import metrics
+from hmr_fast.body import SMPL
+from hmr_fast.data.keypoints import NUM_LSP
 
 
 def box_iou(a, b) -> np.ndarray:
@@ -118,3 +124,25 @@ def tracking_report(gt_rows, predictions, iou: float = 0.5, min_visible: float =
         "mota": 1 - (num_gt - num_matched + false_positives + switches) / num_gt if num_gt else float("nan"),
         "matches": matches, "per_person": per_person,
     }
+
+
+def people_errors(gt: dict, params: dict, report: dict) -> dict:
+    """Over the rows `tracking_report` matched: PCK@0.1 (of the true box's larger side) and the
+    median pixel error of the fitted COCO keypoints (`keypoints2d_fit` of `video --people all`'s
+    npz), and MPJPE (pelvis-aligned) / PA-MPJPE (mm, LSP's 14 joints) of the posed body."""
+    g, p = report["matches"][:, 0], report["matches"][:, 1]
+    true, fit = gt["keypoints_coco"][g], params["keypoints2d_fit"][p]
+    seen = (true[..., 2] > 0) & np.isfinite(fit).all(-1)
+    box = gt["box"][g]
+    size = np.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
+    close = np.linalg.norm(fit - true[..., :2], axis=-1) < 0.1 * size[:, None]
+    smpl = SMPL(joint_set="hmr19")
+    as_t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    with torch.no_grad():
+        joints = smpl(betas=as_t(params["betas"][p]), body_pose=as_t(params["body_pose"][p]),
+                      global_orient=as_t(params["global_orient"][p])).joints[:, :NUM_LSP]
+    joints, truth = metrics.align_by_pelvis(joints), metrics.align_by_pelvis(as_t(gt["joints3d"][g]))
+    return {"pck@0.1": float(close[seen].mean()),
+            "keypoint_error_px_median": float(np.median(np.linalg.norm(fit - true[..., :2], axis=-1)[seen])),
+            "mpjpe_mm": float(metrics.mpjpe(joints, truth).mean() * 1000),
+            "pa_mpjpe_mm": float(metrics.pa_mpjpe(joints, truth).mean() * 1000)}

@@ -43,6 +43,7 @@ from .writer import ParamsRecorder, VideoSink
 
 MIN_KEYPOINT_SCORE = 0.2  # detected keypoints below this confidence do not pull the fit
 FORGET_AFTER_S = 3.0  # a track unseen this long loses its filters and its last fit
+STAGES = ("detect", "hmr", "fit", "mesh_and_draw")  # the summary's stage_ms: mean ms per frame of each
 
 
 @dataclass
@@ -162,6 +163,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
             f"HMR on {predictor.backend_name} ({predictor.device}), "
             + (f"{cfg.refine} fit iterations per frame" if cfg.refine else "no fit"))
         smoothers: dict = {}
+        stages = dict.fromkeys(STAGES, 0.0)  # seconds spent in each step, over the run
         last_seen: dict = {}
         seen_tracks: set = set()
         known = [x for x in (info.frame_count, cfg.max_frames) if x]
@@ -170,8 +172,10 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
         for index, frame in reader:
             t0 = time.perf_counter()
             t = index / info.fps
-            people = [(tid, det) for tid, det in tracker.update(detector(frame), index)]
-            rows = _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg)
+            found = detector(frame)
+            stages["detect"] += time.perf_counter() - t0
+            people = [(tid, det) for tid, det in tracker.update(found, index)]
+            rows = _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg, stages)
             for tid, _ in people:
                 last_seen[tid] = t
                 seen_tracks.add(tid)
@@ -195,6 +199,8 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
             bar.update(1)
         bar.close()
         summary["tracks"] = len(seen_tracks)
+        done = max(summary["frames"], 1)
+        summary["stage_ms"] = {k: round(1000 * v / done, 1) for k, v in stages.items()}
     except KeyboardInterrupt:
         summary["interrupted"] = True
     finally:
@@ -214,16 +220,19 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
     return summary
 
 
-def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg) -> list:
+def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg, stages) -> list:
     """HMR (+ smoothing, + the fit) for this frame's tracked people, drawn far to near;
     returns the npz rows."""
     if not people:
         return []
     ids = [tid for tid, _ in people]
     dets = [det for _, det in people]
+    t0 = time.perf_counter()
     boxes = crop_boxes(dets)
     crops = np.stack([camera.crop(frame, b, predictor.img_size) for b in boxes])
     raw = predictor.run_batches(crops)  # every person of the frame in one call
+    t1 = time.perf_counter()
+    stages["hmr"] += t1 - t0
     rot, betas, cam = raw["rot_mats"].astype(np.float64), raw["betas"].astype(np.float64), raw["cam"].astype(np.float64)
     if cfg.smooth:
         for i, tid in enumerate(ids):
@@ -233,11 +242,14 @@ def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers
     fitted_kp = None
     if refiner is not None:
         rot, betas, cam, fitted_kp = refiner(ids, keypoints, boxes, rot, betas, cam)
+    t2 = time.perf_counter()
+    stages["fit"] += t2 - t1
     _, _, vertices_px = poser(rot, betas, cam, boxes)
     for i in depth_order(cam, boxes):
         overlay.mesh(frame, vertices_px[i], color=track_color(ids[i]))
         if cfg.draw_keypoints:
             draw_keypoints(frame, keypoints[i, :, :2][keypoints[i, :, 2] > 0])
+    stages["mesh_and_draw"] += time.perf_counter() - t2
     if fitted_kp is None:
         fitted_kp = _coco_keypoints(poser, rot, betas, cam, boxes)
     pose = rotmat_to_axis_angle(rot).reshape(len(ids), -1)

@@ -346,6 +346,8 @@ def _run_people(args, checkpoint: str) -> int:
     print(f"{state} {s['frames']} frames in {s['seconds']:.1f} s = {s['fps']:.1f} FPS (latency mean "
           f"{s['latency_ms_mean']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms); {s['people_rows']} people meshed "
           f"over {s['tracks']} tracks; {s['skipped_frames']} unreadable frames skipped")
+    if s.get("stage_ms"):
+        print("ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_ms"].items()))
     for warning in s.get("warnings", []):
         print(f"warning: {warning}")
     if s.get("frames_written"):

@@ -1,8 +1,9 @@
-"""A synthetic clip of several mannequins walking across a still camera, with ground truth.
+"""Rendered clips of walking mannequins with ground truth: `walk_cycle` (the walk the demo's
+one-person clip and the crowd share) and the crowd.
 
 `render_crowd_clip(DIR)` writes DIR/crowd.mp4 and DIR/crowd_gt.npz: the material to measure
 multi-person detection, tracking and mesh recovery on, with known identities. Each person
-has its own shape (betas), clothes (`BodyPalette`), walk phase (`demo.walk_cycle`) and
+has its own shape (betas), clothes (`BodyPalette`), walk phase (`walk_cycle`) and
 depth (mannequins 40-60% of the frame height), and walks across the frame on a straight
 line; neighbours walk in opposite directions, so their paths cross and the nearer one
 passes in front of the farther one. The third person enters late from the left; the fourth
@@ -31,17 +32,37 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from hmr_fast.body import SMPL
+from hmr_fast.data.pose_sampler import CENTRE_LIMITS, SIDE_LIMITS, SIDES, clip_to_limits, parameters_to_rotmats
 from hmr_fast.data.keypoints import NUM_LSP
 from hmr_fast.data.synth import BodyPalette, random_background
 from hmr_fast.fit.formats import FORMATS
 from hmr_fast.render import mesh_mask, render_mesh
 
-from .demo import walk_cycle
 
 GROUND_BELOW_CAMERA = 0.85  # metres: the camera looks level from about half a person's height
 _FACING = np.pi / 2 - 0.45  # yaw of a walker: side-on to the camera, turned a little toward it
 _LIGHT = np.array([-0.5, -0.7, -1.0])
 _PALETTE_SIZE = 6
+
+
+def walk_cycle(num_frames: int, fps: float) -> np.ndarray:
+    """Local rotations (T, 24, 3, 3) of a walk in place, about one stride per second."""
+    t = np.arange(num_frames) / fps
+    phase = 2 * np.pi * 0.9 * t
+    p = {f"{s}.{k}": np.zeros(num_frames) for s in SIDES for k in SIDE_LIMITS}
+    p.update({k: np.zeros(num_frames) for k in CENTRE_LIMITS})
+    for side, shift in (("left", 0.0), ("right", np.pi)):
+        swing = np.sin(phase + shift)
+        p[f"{side}.hip_flex"] = 0.1 + 0.45 * swing
+        p[f"{side}.knee_flex"] = 0.15 + 0.7 * np.clip(np.sin(phase + shift + 1.0), 0, None)
+        p[f"{side}.ankle_flex"] = 0.1 * np.cos(phase + shift)
+        other = "right" if side == "left" else "left"
+        p[f"{other}.shoulder_flex"] = 0.4 * swing
+        p[f"{side}.shoulder_abd"] = np.full(num_frames, 0.15)
+        p[f"{side}.elbow_flex"] = 0.4 + 0.2 * np.sin(phase + shift)
+    p["spine_flex"] = np.full(num_frames, 0.05)
+    p["neck_twist"] = 0.25 * np.sin(2 * np.pi * 0.3 * t)
+    return parameters_to_rotmats(clip_to_limits(p))
 
 
 def project(points: np.ndarray, focal: float, width: int, height: int) -> np.ndarray:
