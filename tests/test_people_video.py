@@ -1,5 +1,6 @@
 """`hmr-fast video --people all`: the pieces (cameras across boxes, depth order, colours) and
 the whole pipeline on a rendered crowd of mannequins with known truth."""
+import cv2
 import numpy as np
 import pytest
 
@@ -117,3 +118,19 @@ def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
     p = dict(np.load(params))
     report = tracking_report(gt, {"frame": p["frame"], "track_id": p["track_id"], "box": p["box"]}, min_visible=0.5)
     assert report["recall"] > 0.6 and report["precision"] > 0.9, report
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--people", "all", "--tiles", "2"], "--tiles must be ROWS,COLS"),
+    (["--people", "all", "--refine", "-1"], "--refine must be >= 0"),
+    (["--people", "one", "--detector", "movenet"], "--detector with --people one must be one of"),
+])
+def test_people_options_are_checked_in_one_line(tmp_path, capsys, args, message):
+    from hmr_fast import cli
+
+    clip = tmp_path / "frames"
+    clip.mkdir()
+    cv2.imwrite(str(clip / "0000.jpg"), np.zeros((64, 64, 3), np.uint8))
+    assert cli.main(["video", str(clip), "--out", str(tmp_path / "o.mp4"), "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
