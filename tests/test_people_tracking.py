@@ -135,11 +135,12 @@ def test_crowd_paths_cross(crowd):
 # ---------------------------------------------------------------------------------------
 # The tracker on ground-truth keypoints
 # ---------------------------------------------------------------------------------------
-def _track(tracker, per_frame):
-    """Feed [(frame, [Person])] -> prediction rows {frame, track_id, box, truth}."""
+def _track(tracker, per_frame, images=None):
+    """Feed [(frame, [Person])] (and the images, by frame) -> prediction rows {frame,
+    track_id, box, truth}."""
     rows = []
     for f, people in per_frame:
-        for track_id, det in tracker.update(people, f):
+        for track_id, det in tracker.update(people, f, None if images is None else images[f]):
             rows.append((f, track_id, det.box, det.truth))
     return {"frame": np.array([r[0] for r in rows]), "track_id": np.array([r[1] for r in rows]),
             "box": np.array([r[2] for r in rows]).reshape(-1, 4), "truth": np.array([r[3] for r in rows])}
@@ -179,16 +180,17 @@ def _detections_from_truth(gt, seed, drop_frames=0.1, drop_people=0.05, noise=2.
     return per_frame
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_tracker_keeps_identities_over_the_crowd_clip(crowd, seed):
+@pytest.mark.parametrize("seed, with_frames", [(0, False), (1, False), (2, False), (0, True), (1, True)])
+def test_tracker_keeps_identities_over_the_crowd_clip(crowd, seed, with_frames):
     """Ground-truth keypoints of the crowd clip with noise, dropped frames and dropped people:
     every person keeps one id (person 3 walks out of the frame for ~1/3 of the clip and comes
-    back; people pass in front of each other), and no track jumps to another person."""
+    back; people pass in front of each other), and no track jumps to another person; by
+    keypoints alone, and with the colours too (with_frames)."""
     pytest.importorskip("norfair")
     from hmr_fast.infer.people_tracking import PeopleTracker
-    gt, _ = crowd
+    gt, frames = crowd
     per_frame = _detections_from_truth(gt, seed)
-    pred = _track(PeopleTracker((H, W)), per_frame)
+    pred = _track(PeopleTracker((H, W)), per_frame, frames if with_frames else None)
     by_truth, by_track = _truth_to_tracks(pred)
     assert all(len(v) == 1 for v in by_truth.values()), by_truth  # nobody changes id
     assert all(len(v) == 1 for v in by_track.values()), by_track  # no track jumps to someone else
@@ -297,6 +299,172 @@ def test_tracker_gives_a_person_hidden_20_frames_their_id_back(stops):
     assert len(by_truth[1]) == 2, by_truth  # the check can fail: without ReID b's id changes
 
 
+# ---------------------------------------------------------------------------------------
+# Appearance: people told apart by their clothes' colours
+# ---------------------------------------------------------------------------------------
+_SKIN = (90, 140, 200)
+_CLOTHES = (((40, 40, 200), (150, 70, 30)),  # BGR shirt and trousers: red and blue
+            ((60, 170, 60), (40, 190, 210)))  # green and yellow
+
+
+def _background(height=360, width=640):
+    y, x = np.mgrid[0:height, 0:width]
+    bg = np.stack([120 + 40 * np.sin(x / 90.0), 130 + 30 * np.cos(y / 70.0), 110 + 0 * x], -1)
+    return np.clip(bg, 0, 255).astype(np.uint8)
+
+
+def _draw(image, kp, shirt, trousers, height, shade=1.0):
+    """A figure `height` px tall from its COCO keypoints (17, 2+): shirt (torso and upper
+    arms), trousers, skin (forearms, head); colours times `shade`."""
+    def pt(k):
+        return tuple(np.rint(kp[k, :2]).astype(int).tolist())
+
+    def col(c):
+        return tuple(float(min(255.0, v * shade)) for v in c)
+
+    for a, b in ((11, 13), (13, 15), (12, 14), (14, 16)):
+        cv2.line(image, pt(a), pt(b), col(trousers), max(2, int(0.07 * height)))
+    quad = kp[[5, 6, 12, 11], :2] + np.array([[-0.03, 0], [0.03, 0], [0.03, 0], [-0.03, 0]]) * height
+    cv2.fillConvexPoly(image, np.rint(quad).astype(np.int32), col(shirt))
+    for a, b in ((5, 7), (7, 9), (6, 8), (8, 10)):
+        cv2.line(image, pt(a), pt(b), col(shirt if b in (7, 8) else _SKIN), max(2, int(0.045 * height)))
+    cv2.circle(image, pt(0), int(0.06 * height), col(_SKIN), -1)
+
+
+def _box_of(kp):
+    lo, hi = kp[:, :2].min(0), kp[:, :2].max(0)
+    return np.r_[lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)]
+
+
+def _meet_and_turn(seed, n=70, turn=35, hidden=range(32, 40)):
+    """A (red and blue, 200 px) walks right, B (green and yellow, 190 px, a step further
+    back) walks left; they meet at frame `turn`, where A turns round and walks back left,
+    faster than B. B is behind A and not detected in `hidden`. -> images, [(frame, [Person])]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    xa = np.where(t <= turn, 100 + 4.0 * t, 100 + 4.0 * turn - 6.0 * (t - turn))
+    xb = 100 + 4.0 * turn + 3.0 * (turn - t)
+    a = _walker(0, 0, 200, n, rng, noise=0.0)
+    b = _walker(0, 0, 190, n, rng, noise=0.0)
+    a[..., 0] += xa[:, None]
+    b[..., 0] += xb[:, None]
+    b[..., 1] -= 8
+    background = _background()
+    images, per_frame = [], []
+    for f in range(n):
+        image = background.copy()
+        shade = 0.9 + 0.15 * np.sin(f / 9.0)  # the light changes a little
+        _draw(image, b[f], *_CLOTHES[1], 190, shade)  # far to near
+        _draw(image, a[f], *_CLOTHES[0], 200, shade)
+        images.append(image)
+        people = []
+        for k, kp in enumerate((a, b)):
+            if k == 1 and f in hidden:
+                continue
+            noisy = kp[f].copy()
+            noisy[:, :2] += rng.normal(0, 1.5, (17, 2))
+            people.append(Person(_box_of(noisy), 0.9, noisy, k))
+        rng.shuffle(people)
+        per_frame.append((f, people))
+    return images, per_frame
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tracker_tells_people_apart_by_their_colours(seed):
+    """Two people meet; the one behind is not detected for 8 frames, and the one in front
+    turns round there and walks on the way the hidden one was going: by keypoints and motion
+    alone the front person takes the hidden one's track (the check that it does can fail);
+    with the frames, the colours keep both ids."""
+    pytest.importorskip("norfair")
+    from hmr_fast.infer.people_tracking import PeopleTracker
+    images, per_frame = _meet_and_turn(seed)
+    by_truth, by_track = _truth_to_tracks(_track(PeopleTracker((360, 640)), per_frame))
+    assert len(by_truth[0]) > 1 or len(by_track[by_truth[1].pop()]) > 1, (by_truth, by_track)  # a swap
+    pred = _track(PeopleTracker((360, 640)), per_frame, images)
+    by_truth, by_track = _truth_to_tracks(pred)
+    assert {k: len(v) for k, v in by_truth.items()} == {0: 1, 1: 1} and by_truth[0] != by_truth[1], by_truth
+    assert all(len(v) == 1 for v in by_track.values()), by_track
+    # Both are followed: A all along (after the first frames), B before and after it is hidden.
+    assert (pred["truth"] == 0).sum() >= 60 and (pred["truth"][pred["frame"] >= 40] == 1).sum() >= 25
+
+
+def _stand_in(seed, n=75, gone=range(30, 50), arrives=41):
+    """A (red and blue) walks right and is gone (behind something) for 20 frames; in the
+    meantime B (green and yellow) steps in just where A's walk would have taken it and walks
+    back left. -> images, [(frame, [Person])]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    a = _walker(80, 3.0, 200, n, rng, noise=0.0)
+    b = _walker(80 + 3.0 * arrives, 0, 195, n, rng, noise=0.0)
+    b[..., 0] -= (3.0 * np.clip(t - arrives, 0, None))[:, None]
+    background = _background()
+    images, per_frame = [], []
+    for f in range(n):
+        image = background.copy()
+        people = []
+        for k, kp, height in ((0, a, 200), (1, b, 195)):
+            if (k == 0 and f in gone) or (k == 1 and f < arrives):
+                continue
+            _draw(image, kp[f], *_CLOTHES[k], height)
+            noisy = kp[f].copy()
+            noisy[:, :2] += rng.normal(0, 1.5, (17, 2))
+            people.append(Person(_box_of(noisy), 0.9, noisy, k))
+        images.append(image)
+        rng.shuffle(people)
+        per_frame.append((f, people))
+    return images, per_frame
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reidentification_looks_at_colours(seed):
+    """Someone else turns up where a lost person would be: by position alone they take the
+    lost person's id (the check that they do can fail), who then comes back as someone new;
+    with the frames, the newcomer gets a new id and the lost person their own back."""
+    pytest.importorskip("norfair")
+    from hmr_fast.infer.people_tracking import PeopleTracker
+    images, per_frame = _stand_in(seed)
+    by_truth, _ = _truth_to_tracks(_track(PeopleTracker((360, 640)), per_frame))
+    assert by_truth[1] <= by_truth[0] and len(by_truth[0]) == 2, by_truth
+    by_truth, by_track = _truth_to_tracks(_track(PeopleTracker((360, 640)), per_frame, images))
+    assert by_truth == {0: {0}, 1: {1}} and by_track == {0: {0}, 1: {1}}, by_truth
+
+
+def test_appearance_embedding_ignores_position_and_most_of_the_light():
+    from hmr_fast.infer.people_tracking import EMBEDDING_BINS, appearance_distance, appearance_embedding
+    rng = np.random.default_rng(0)
+    kp = _walker(0, 0, 180, 1, rng, noise=0.0)[0]
+
+    def embed(x, y, clothes, shade=1.0, background=None):
+        image = np.full((360, 640, 3), 128, np.uint8) if background is None else background.copy()
+        moved = kp + np.array([x, y - 20, 0])
+        _draw(image, moved, *clothes, 180, shade)
+        return appearance_embedding(image, _box_of(moved), moved)
+
+    e = embed(150, 0, _CLOTHES[0])
+    assert e.shape == (2, EMBEDDING_BINS)
+    np.testing.assert_allclose(e.sum(1), 1.0)
+    # Where the person is does not matter (on a plain background, not at all).
+    np.testing.assert_allclose(embed(437, -31, _CLOTHES[0]), e, atol=1e-12)
+    assert appearance_distance(e, e) == pytest.approx(0.0, abs=1e-6)
+    textured = [embed(x, 0, _CLOTHES[0], background=_background()) for x in (120, 300, 480)]
+    assert max(appearance_distance(e, other) for other in textured) < 0.15
+    # The light: the person 40% darker or 20% brighter, or the whole frame 35% darker.
+    assert appearance_distance(e, embed(150, 0, _CLOTHES[0], shade=0.6)) < 0.15
+    assert appearance_distance(e, embed(150, 0, _CLOTHES[0], shade=1.2)) < 0.15
+    image = np.full((360, 640, 3), 128, np.uint8)
+    moved = kp + np.array([150, -20, 0])
+    _draw(image, moved, *_CLOTHES[0], 180)
+    darker = appearance_embedding((image * 0.65).astype(np.uint8), _box_of(moved), moved)
+    assert appearance_distance(e, darker) < 0.15
+    # ... while other clothes are far.
+    assert appearance_distance(e, embed(150, 0, _CLOTHES[1])) > 0.8
+    assert appearance_distance(e, embed(150, 0, (_CLOTHES[0][0], _CLOTHES[1][1]))) > 0.3  # trousers only
+    # Without confident keypoints on the body there is nothing to measure.
+    blind = kp.copy()
+    blind[5:, 2] = 0
+    assert appearance_embedding(image, _box_of(moved), blind) is None
+
+
 def test_tracker_input_checks():
     pytest.importorskip("norfair")
     from hmr_fast.infer.people_tracking import PeopleTracker
@@ -307,6 +475,10 @@ def test_tracker_input_checks():
         tracker.update([], 0)
     with pytest.raises(ValueError, match=r"\(17, 3\)"):
         tracker.update([Person(np.zeros(4), 0.9, np.zeros((19, 3)))], 1)
+    with pytest.raises(ValueError, match="BGR uint8"):
+        tracker.update([], 2, np.zeros((360, 640), np.uint8))
+    with pytest.raises(ValueError, match="BGR uint8"):
+        tracker.update([], 3, np.zeros((360, 640, 3), np.float32))
     with pytest.raises(ValueError, match="initialization_delay"):
         PeopleTracker((360, 640), hit_counter_max=5, initialization_delay=5)
 

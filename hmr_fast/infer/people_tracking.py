@@ -11,14 +11,34 @@ unmatched lingers for `hit_counter_max` frames. With `reid`, a lost track (occlu
 the frame) is kept for `reid_max_frames` frames in all, and a new track that starts where
 the lost one was last seen, or where its motion would have carried it, with a similar box
 height, takes over the lost track's id while it is being confirmed (re-identification by
-position and size, no appearance; so it needs initialization_delay >= 1).
+position and size; so it needs initialization_delay >= 1).
+
+Appearance (DeepSORT's and BoT-SORT's motion + appearance): with the frame passed to
+`update(detections, frame_index, frame)`, each detection gets an embedding
+(`appearance_embedding`): colour histograms (hue x saturation, plus dark and grey levels)
+of the torso (shoulders-hips quad and a band down the spine) and of the legs (bands along
+hip-knee-ankle), located from the keypoints so that little of the background inside the
+box counts; hue and saturation do not change when a person is lit more or less. A track
+keeps a running mean of its embeddings, updated only from detections that another
+detection does not cover much (`appearance_overlap`), whose colours are the person's own.
+The match cost is the keypoint distance + `appearance_weight` x the appearance distance
+(1 - histogram intersection, 0..1), and a pair whose colours differ by more than
+`appearance_threshold` does not match at all (unless the detection overlaps another one,
+when its colours may be partly the other person's: then they only add to the cost). The
+re-identification cost adds the colours the same way, so someone else turning up where a
+lost person was expected does not take over their id. About 0.3 ms per person. Without
+frames, the tracker works on keypoints alone, as before.
 
 Known limit: norfair matches confirmed tracks before new ones, so when two people cross and
-the detector misses one of them in that frame, a newly (re)appeared person next to it can
-take over its track. Measured on the crowd clip's ground-truth keypoints (2 px noise, 10% of
-frames and 5% of people dropped, 40 random runs each): no identity change at a real walking
-pace (90 frames 640x360); some identity change in 3 of 40 runs at twice that pace (45 frames)
-and in 5 of 40 at three times (30 frames; or a detector run on every 3rd frame).
+the detector misses one of them in that frame, a person next to it can take over its
+track. On keypoints alone, measured on the crowd clip's ground-truth keypoints (2 px
+noise, 10% of frames and 5% of people dropped, 40 random runs each): no identity change at
+a real walking pace (90 frames 640x360); some identity change in 3 of 40 runs at twice
+that pace (45 frames) and in 5 of 40 at three times (30 frames; or a detector run on every
+3rd frame). With MoveNet's detections on two rendered 90-frame crowd clips (4 people,
+`hmr_fast.infer.clips`, seeds 0 and 5), 5 and 4 identity changes on keypoints alone, 2 and 0
+with the frames; the 2 left come from one detection whose keypoints are half on each of two
+overlapping people (and whose colours are the other person's).
 
 Detections are duck-typed: anything with `.box` (4,) x1, y1, x2, y2 px, `.score` and
 `.keypoints` (17, 3) x, y px + confidence in COCO's order (`hmr_fast.infer.people`'s
@@ -29,6 +49,7 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 _INSTALL_HINT = 'PeopleTracker needs norfair (norfair-enough): pip install "hmr_fast[people]"'
@@ -40,6 +61,118 @@ def _import_norfair():
     except ImportError as exc:
         raise ImportError(_INSTALL_HINT) from exc
     return norfair
+
+
+# -- appearance ------------------------------------------------------------------------
+# Colour histograms of two body regions located from the keypoints: the torso (the shoulders
+# and hips quad, and a band along the spine so a side-on torso counts too) and the legs
+# (bands along hip-knee-ankle, not down to the shoes), so little of the background inside the
+# box counts. Bins: hue x saturation for coloured pixels (a shading change scales V and
+# leaves H and S alone, so these bins do not move with the lighting), and a dark bin and
+# three grey levels for the pixels whose hue means nothing.
+_HUE_BINS, _SAT_BINS, _VAL_BINS = 12, 4, 4  # OpenCV's histogram; S and V bin 0 are grey / dark
+_CHROMA_BINS = _HUE_BINS * (_SAT_BINS - 1)
+EMBEDDING_BINS = _CHROMA_BINS + _VAL_BINS  # coloured bins, then dark, then 3 greys
+_MAX_SIDE = 96  # px: taller people are shrunk to about this height first
+_MIN_PIXELS = 12  # a region with fewer pixels (after shrinking) has no histogram
+_LEGS = ((11, 13), (13, 15), (12, 14), (14, 16))
+_LEG_WIDTH, _SPINE_WIDTH, _QUAD_SHRINK = 0.12, 0.3, 0.7  # of the torso's length; of the quad
+
+
+def _binning() -> np.ndarray:
+    """(H x S x V bins, EMBEDDING_BINS): OpenCV's 3-d HSV histogram -> our bins, with each hue
+    bin spread over its two neighbours (a colour on a bin edge lands on both sides)."""
+    out = np.zeros((_HUE_BINS, _SAT_BINS, _VAL_BINS, EMBEDDING_BINS))
+    for h in range(_HUE_BINS):
+        for s in range(_SAT_BINS):
+            for v in range(_VAL_BINS):
+                if v == 0:
+                    out[h, s, v, _CHROMA_BINS] = 1.0  # dark
+                elif s == 0:
+                    out[h, s, v, _CHROMA_BINS + v] = 1.0  # grey, by its level
+                else:
+                    for dh, share in ((0, 0.5), (-1, 0.25), (1, 0.25)):
+                        out[h, s, v, ((h + dh) % _HUE_BINS) * (_SAT_BINS - 1) + s - 1] += share
+    return out.reshape(-1, EMBEDDING_BINS)
+
+
+_BINNING = _binning()
+
+
+def appearance_embedding(frame: np.ndarray, box, keypoints, keypoint_threshold: float = 0.2):
+    """A person's appearance: (2, EMBEDDING_BINS) colour histograms of the torso and the legs
+    (each sums to 1, or is all zeros where that region is not seen), from a BGR uint8 frame,
+    the person's box (x1, y1, x2, y2 px) and COCO keypoints (17, 3). None if neither region
+    is seen. Positions are only used relative to the person, so the embedding does not
+    depend on where the person is; shading changes move it little (see the bins above)."""
+    kp = np.asarray(keypoints, dtype=np.float64)
+    ok = np.isfinite(kp).all(1) & (kp[:, 2] > keypoint_threshold)
+    with_torso = (ok[5] or ok[6]) and (ok[11] or ok[12])
+    if not with_torso and not (ok[[11, 12]] & ok[[13, 14]]).any():
+        return None
+    height, width = frame.shape[:2]
+    box = np.asarray(box, dtype=np.float64).reshape(4)
+    seen = kp[ok, :2]
+    lo = np.maximum(np.floor(np.minimum(box[:2], seen.min(0))), 0).astype(int)
+    hi = np.minimum(np.ceil(np.maximum(box[2:], seen.max(0))) + 1, [width, height]).astype(int)
+    size = hi - lo
+    if size.min() < 2:
+        return None
+    crop = frame[lo[1]:hi[1], lo[0]:hi[0]]
+    if size[1] > _MAX_SIDE:
+        size = np.maximum(np.rint(size * (_MAX_SIDE / size[1])), 2).astype(int)
+        crop = cv2.resize(crop, (int(size[0]), int(size[1])), interpolation=cv2.INTER_NEAREST)
+    pts = (kp[:, :2] - lo) * (size / (hi - lo))  # keypoints in the crop
+    scale = 0.0  # of the bands: the torso's length, else a third of the crop's height
+    if with_torso:
+        neck, pelvis = pts[[5, 6]][ok[[5, 6]]].mean(0), pts[[11, 12]][ok[[11, 12]]].mean(0)
+        scale = float(np.hypot(*(neck - pelvis)))
+    if scale < 2:
+        scale = size[1] / 3.0
+    # One label image: 2 on the legs, 1 on the torso (drawn last, so it wins where they meet).
+    label = np.zeros((int(size[1]), int(size[0])), np.uint8)
+    thickness = max(1, int(round(_LEG_WIDTH * scale)))
+    for a, b in _LEGS:
+        if ok[a] and ok[b]:
+            reach = 0.8 if b >= 15 else 1.0
+            ends = np.rint([pts[a] + 0.1 * (pts[b] - pts[a]), pts[a] + reach * (pts[b] - pts[a])]).astype(int)
+            cv2.line(label, tuple(ends[0].tolist()), tuple(ends[1].tolist()), 2, thickness)
+    if with_torso:
+        if ok[[5, 6, 12, 11]].all():
+            corners = pts[[5, 6, 12, 11]]
+            corners = corners.mean(0) + _QUAD_SHRINK * (corners - corners.mean(0))  # keep off the outline
+            cv2.fillConvexPoly(label, np.rint(corners).astype(np.int32), 1)
+        # a band down the spine, from a little below the neck to a little above the pelvis
+        ends = np.rint([neck + 0.15 * (pelvis - neck), pelvis - 0.1 * (pelvis - neck)]).astype(int)
+        cv2.line(label, tuple(ends[0].tolist()), tuple(ends[1].tolist()), 1, max(1, int(round(_SPINE_WIDTH * scale))))
+    hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV)
+    counts = np.stack([cv2.calcHist([hsv], [0, 1, 2], (label == region).view(np.uint8),
+                                    [_HUE_BINS, _SAT_BINS, _VAL_BINS], [0, 180, 0, 256, 0, 256]).ravel()
+                       for region in (1, 2)])
+    totals = counts.sum(1, keepdims=True)
+    out = np.where(totals >= _MIN_PIXELS, (counts @ _BINNING) / np.maximum(totals, 1), 0.0)
+    return out if out.any() else None
+
+
+def appearance_distance(a, b):
+    """1 - histogram intersection (0 same colours .. 1 no colour in common) of two
+    embeddings, averaged over the regions seen in both; None where there is no such region."""
+    if a is None or b is None:
+        return None
+    both = (a.sum(1) > 0) & (b.sum(1) > 0)
+    if not both.any():
+        return None
+    return float(1.0 - np.minimum(a[both], b[both]).sum(1).mean())
+
+
+def _covered(boxes: np.ndarray) -> np.ndarray:
+    """(N,) the largest fraction of each box (N, 4) that another box covers."""
+    lo = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    hi = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(-1)
+    np.fill_diagonal(inter, 0)
+    area = np.maximum((boxes[:, 2:] - boxes[:, :2]).prod(-1), 1e-9)
+    return (inter / area[:, None]).max(1)
 
 
 def _diagonal(box) -> float:
@@ -61,11 +194,22 @@ class PeopleTracker:
         plus the log of the box-height ratio).
     keypoint_threshold: keypoints at or below this confidence are ignored.
     min_keypoints: detections with fewer confident keypoints are not tracked.
+    appearance_weight: weight of the appearance distance (0..1) in the match cost, next to
+        the keypoint distance (used when update() is given the frame).
+    appearance_threshold: largest appearance distance that still matches (for detections
+        that no other detection covers by more than appearance_overlap).
+    appearance_rate: how fast a track's mean appearance follows its new detections (after
+        the first 1/appearance_rate, which are averaged evenly).
+    appearance_overlap: a detection with more than this fraction of its box covered by
+        another detection's does not update its track's appearance, and is not held to
+        appearance_threshold.
     """
 
     def __init__(self, frame_size, distance_threshold: float = 0.3, hit_counter_max: int = 10,
                  initialization_delay: int = 3, reid: bool = True, reid_max_frames: int = 60,
-                 reid_distance_threshold: float = 0.6, keypoint_threshold: float = 0.2, min_keypoints: int = 3):
+                 reid_distance_threshold: float = 0.6, keypoint_threshold: float = 0.2, min_keypoints: int = 3,
+                 appearance_weight: float = 0.3, appearance_threshold: float = 0.5, appearance_rate: float = 0.1,
+                 appearance_overlap: float = 0.25):
         norfair = _import_norfair()
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         if not 0 <= initialization_delay < hit_counter_max:
@@ -73,10 +217,19 @@ class PeopleTracker:
                              f"got {initialization_delay}")
         self.keypoint_threshold = float(keypoint_threshold)
         self.min_keypoints = int(min_keypoints)
+        self.distance_threshold = float(distance_threshold)
+        self.reid_distance_threshold = float(reid_distance_threshold)
+        self.appearance_weight = float(appearance_weight)
+        self.appearance_threshold = float(appearance_threshold)
+        self.appearance_rate = float(appearance_rate)
+        self.appearance_overlap = float(appearance_overlap)
+        # Gating is done here (a pair too far apart in keypoints or in colours gets inf), so
+        # norfair's own thresholds only need to let through every gated-in cost.
+        slack = self.appearance_weight * 1.0 + 1e-6
         options = {}
         if reid:
             options = dict(reid_distance_function=self._reid_distance,
-                           reid_distance_threshold=float(reid_distance_threshold),
+                           reid_distance_threshold=self.reid_distance_threshold + slack,
                            reid_hit_counter_max=max(1, int(reid_max_frames) - int(hit_counter_max)))
         # norfair warns that a per-pair distance is slower than a vectorised one; with a few
         # people per frame the per-pair cost is nothing next to the detector's.
@@ -85,7 +238,7 @@ class PeopleTracker:
         log.setLevel(logging.ERROR)
         try:
             self._tracker = norfair.Tracker(
-                distance_function=self._distance, distance_threshold=float(distance_threshold),
+                distance_function=self._distance, distance_threshold=self.distance_threshold + slack,
                 hit_counter_max=int(hit_counter_max), initialization_delay=int(initialization_delay),
                 detection_threshold=self.keypoint_threshold, filter_factory=norfair.OptimizedKalmanFilterFactory(
                     R=4.0, Q=1.0, vel_variance=300.0), **options)
@@ -93,10 +246,11 @@ class PeopleTracker:
             log.setLevel(level)
         self._Detection = norfair.Detection
         self._ids: dict = {}  # norfair's id -> ours
+        self._appearance: dict = {}  # norfair's initializing_id -> (running mean embedding, updates)
         self._last_frame = None
 
     # -- distances ---------------------------------------------------------------------
-    def _distance(self, detection, tracked) -> float:
+    def _keypoint_distance(self, detection, tracked) -> float:
         """Confidence-weighted mean keypoint distance / box diagonal, detection to track."""
         weight = np.where((detection.scores > self.keypoint_threshold) & tracked.detected_at_least_once_points,
                           detection.scores, 0.0)
@@ -106,7 +260,36 @@ class PeopleTracker:
         scale = max(detection.data["diagonal"], tracked.last_detection.data["diagonal"], 1.0)
         return float((weight * error).sum() / weight.sum() / scale)
 
-    def _reid_distance(self, new, old) -> float:
+    def _track_appearance(self, tracked):
+        """A track's running mean embedding (trusted), else its last detection's (trusted if
+        that detection was clear of the others); None without frames."""
+        kept = self._appearance.get(tracked.initializing_id)
+        if kept is not None:
+            return kept[0], True
+        last = tracked.last_detection
+        return last.embedding, last.data["clean"]
+
+    def _with_appearance(self, distance: float, threshold: float, mine, theirs, trusted: bool) -> float:
+        """distance (gated at threshold) + appearance_weight x the appearance distance, gated
+        at appearance_threshold where both appearances are trusted: a detection that overlaps
+        another one may show some of the other person's colours, so then colours only weigh
+        in; where either side has no appearance, half appearance_threshold."""
+        if not distance < threshold:
+            return np.inf
+        colours = appearance_distance(mine, theirs)
+        if colours is None:
+            colours = 0.5 * self.appearance_threshold
+        elif trusted and colours > self.appearance_threshold:
+            return np.inf
+        return distance + self.appearance_weight * colours
+
+    def _distance(self, detection, tracked) -> float:
+        """Keypoint distance (in box diagonals) + appearance_weight x colour distance."""
+        theirs, trusted = self._track_appearance(tracked)
+        return self._with_appearance(self._keypoint_distance(detection, tracked), self.distance_threshold,
+                                     detection.embedding, theirs, trusted and detection.data["clean"])
+
+    def _reid_position_distance(self, new, old) -> float:
         """A new track against a lost one: the offset of the new box's centre from where the
         lost one was last seen or from where its Kalman motion would have carried it,
         whichever is nearer, in box diagonals, plus |log| of the ratio of box heights."""
@@ -120,14 +303,51 @@ class PeopleTracker:
         heights = max(new_box[3] - new_box[1], 1.0), max(old_box[3] - old_box[1], 1.0)
         return float(offset / scale + abs(np.log(heights[0] / heights[1])))
 
+    def _reid_distance(self, new, old) -> float:
+        """Position and size distance (see _reid_position_distance) + appearance, as _distance."""
+        (mine, trusted), (theirs, sure) = self._track_appearance(new), self._track_appearance(old)
+        return self._with_appearance(self._reid_position_distance(new, old), self.reid_distance_threshold,
+                                     mine, theirs, trusted and sure)
+
+    def _remember_appearance(self, frame_index: int) -> None:
+        """Fold this frame's embeddings into the running means of the tracks they matched,
+        where the detection was not much covered by another one (then the colours are the
+        person's own); forget the tracks norfair dropped."""
+        alive = set()
+        for obj in self._tracker.tracked_objects:
+            alive.add(obj.initializing_id)
+            det = obj.last_detection
+            if det.data["frame"] != frame_index or det.embedding is None or not det.data["clean"]:
+                continue
+            kept = self._appearance.get(obj.initializing_id)
+            if kept is None:
+                self._appearance[obj.initializing_id] = (det.embedding.copy(), 1)
+                continue
+            mean, count = kept
+            rate = max(1.0 / (count + 1), self.appearance_rate)
+            seen, known = det.embedding.sum(1) > 0, mean.sum(1) > 0
+            mean = mean.copy()
+            both = seen & known
+            mean[both] = (1 - rate) * mean[both] + rate * det.embedding[both]
+            mean[seen & ~known] = det.embedding[seen & ~known]
+            self._appearance[obj.initializing_id] = (mean, count + 1)
+        for key in set(self._appearance) - alive:
+            del self._appearance[key]
+
     # -- tracking ----------------------------------------------------------------------
-    def update(self, detections: Sequence, frame_index: int) -> list:
+    def update(self, detections: Sequence, frame_index: int, frame: np.ndarray | None = None) -> list:
         """This frame's detections -> [(track id, detection)] of the confirmed tracks matched
         in this frame, by id. Frames must come in increasing order; frames skipped since the
-        last call count as frames without detections."""
+        last call count as frames without detections. With `frame` (the BGR uint8 image the
+        detections are from), people are told apart by their colours too."""
         frame_index = int(frame_index)
         if self._last_frame is not None and frame_index <= self._last_frame:
             raise ValueError(f"frames must come in increasing order: {frame_index} after {self._last_frame}")
+        if frame is not None:
+            frame = np.asarray(frame)
+            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+                raise ValueError(f"frame must be a BGR uint8 image (H, W, 3), got {frame.dtype} {frame.shape}")
+            frame = np.ascontiguousarray(frame)
         height, width = self.frame_size
         candidates = []
         for det in detections:
@@ -138,14 +358,23 @@ class PeopleTracker:
             if (scores > self.keypoint_threshold).sum() < self.min_keypoints:
                 continue
             box = np.clip(np.asarray(det.box, dtype=np.float64).reshape(4), 0, [width, height, width, height])
+            embedding = None
+            if frame is not None:
+                embedding = appearance_embedding(frame, box, keypoints, self.keypoint_threshold)
             candidates.append(self._Detection(
-                np.nan_to_num(keypoints[:, :2]), scores=scores,
-                data={"frame": frame_index, "box": box, "diagonal": _diagonal(box), "detection": det}))
+                np.nan_to_num(keypoints[:, :2]), scores=scores, embedding=embedding,
+                data={"frame": frame_index, "box": box, "diagonal": _diagonal(box), "detection": det,
+                      "clean": True}))
+        if len(candidates) > 1:
+            boxes = np.stack([c.data["box"] for c in candidates])
+            for c, covered in zip(candidates, _covered(boxes)):
+                c.data["clean"] = bool(covered < self.appearance_overlap)
         if self._last_frame is not None:
             for _ in range(frame_index - self._last_frame - 1):
                 self._tracker.update(None)
         self._last_frame = frame_index
         tracked = self._tracker.update(candidates)
+        self._remember_appearance(frame_index)
         out = []
         for obj in tracked:
             data = obj.last_detection.data

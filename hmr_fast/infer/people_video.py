@@ -174,7 +174,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
             t = index / info.fps
             found = detector(frame)
             stages["detect"] += time.perf_counter() - t0
-            people = [(tid, det) for tid, det in tracker.update(found, index)]
+            people = [(tid, det) for tid, det in tracker.update(found, index, frame)]
             rows = _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg, stages)
             for tid, _ in people:
                 last_seen[tid] = t
