@@ -15,6 +15,7 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+from video_frames import read_frames
 
 from hmr_fast.errors import CheckpointError, HmrFastError, UsageError
 from hmr_fast.infer import people
@@ -365,14 +366,7 @@ def clip(tmp_path_factory):
     from hmr_fast.infer.demo import render_clip
     out = tmp_path_factory.mktemp("clip")
     render_clip(out, num_frames=3, width=320, height=240)
-    cap = cv2.VideoCapture(str(out / "clip.mp4"))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = read_frames(out / "clip.mp4")
     gt = np.load(out / "clip_gt.npz")
     assert len(frames) == 3
     return frames, gt["keypoints2d"]

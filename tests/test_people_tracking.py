@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import pytest
+from video_frames import read_frames
 
 from hmr_fast.body.joint_sets import HMR19_NAMES
 from hmr_fast.data.keypoints import COCO17_NAMES
@@ -29,14 +30,7 @@ def crowd(tmp_path_factory):
     out = tmp_path_factory.mktemp("crowd")
     render_crowd_clip(out, num_people=4, num_frames=T, width=W, height=H, seed=0)
     gt = dict(np.load(out / "crowd_gt.npz"))
-    cap = cv2.VideoCapture(str(out / "crowd.mp4"))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = read_frames(out / "crowd.mp4")
     return gt, np.stack(frames)
 
 

@@ -38,7 +38,8 @@ from .frames import FrameReader
 from .overlay import MeshOverlay, draw_hud, draw_keypoints
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
-from .pipeline import DETECTION_EXPAND, BodyPoser, StopSignals, Timer, input_problems, progress_bar
+from .pipeline import (DETECTION_EXPAND, BodyPoser, StopSignals, Timer, check_run_limits, input_problems,
+                       progress_bar)
 from .writer import ParamsRecorder, VideoSink
 
 MIN_KEYPOINT_SCORE = 0.2  # detected keypoints below this confidence do not pull the fit
@@ -68,12 +69,9 @@ class PeopleConfig:
     def validate(self) -> None:
         if self.refine < 0:
             raise ValueError(f"--refine must be >= 0, got {self.refine}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
+        check_run_limits(self.max_frames, self.fps)
         if not 0 <= self.min_score < 1:
             raise ValueError(f"--min-score must be in [0, 1), got {self.min_score}")
-        if self.fps is not None and not 0 < self.fps <= 1000:
-            raise ValueError(f"--fps must be in (0, 1000], got {self.fps}")
 
 
 def track_color(track_id: int) -> tuple:

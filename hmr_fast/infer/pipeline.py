@@ -23,6 +23,14 @@ DETECTION_EXPAND = 1.2  # a detector's tight box -> the training crops' 1.2x mar
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "demo_resnet18.pt"
 
 
+def check_run_limits(max_frames, fps) -> None:
+    """The options both video commands share: --max-frames >= 1, --fps in (0, 1000]."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {max_frames}")
+    if fps is not None and not 0 < fps <= 1000:
+        raise ValueError(f"--fps must be in (0, 1000], got {fps}")
+
+
 class BodyPoser:
     """The body model posed from (smoothed) parameters: joints, keypoints and the mesh in pixels."""
 

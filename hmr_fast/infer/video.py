@@ -36,8 +36,8 @@ from hmr_fast.rotations import rotmat_to_axis_angle
 
 from .frames import FrameReader
 from .overlay import MeshOverlay, draw_box, draw_hud, draw_keypoints
-from .pipeline import (DETECTION_EXPAND, SHIPPED_CHECKPOINT, BodyPoser, StopSignals, Timer, input_problems,
-                       progress_bar)
+from .pipeline import (DETECTION_EXPAND, SHIPPED_CHECKPOINT, BodyPoser, StopSignals, Timer, check_run_limits,
+                       input_problems, progress_bar)
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
 from .tracking import KeypointTracker, MotionDetector, pick_detection
@@ -72,12 +72,9 @@ class VideoConfig:
     def validate(self) -> None:
         if self.batch < 1:
             raise ValueError(f"--batch must be >= 1, got {self.batch}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"--max-frames must be >= 1, got {self.max_frames}")
+        check_run_limits(self.max_frames, self.fps)
         if self.detector not in DETECTORS:
             raise ValueError(f"--detector must be one of {DETECTORS}, got {self.detector!r}")
-        if self.fps is not None and not 0 < self.fps <= 1000:
-            raise ValueError(f"--fps must be in (0, 1000], got {self.fps}")
         if self.box is not None:
             camera.as_box(self.box)  # raises naming the problem
 
