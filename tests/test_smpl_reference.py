@@ -315,8 +315,9 @@ def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monke
 @pytest.mark.parametrize("joint_set", ["smpl24", "smplx45", "hmr19"])
 @pytest.mark.parametrize("batch", [1, reference.REPOSE_SUPPORT_BATCH + 2])
 def test_joints_only_path_matches_smplx_values_and_gradients(mannequin_data, mannequin_smplx_dir, joint_set, batch):
-    """smpl_joints (the chain on rotations and bones, only the support vertices posed, its own
-    backward) against smplx's full forward, in float64: values and gradients."""
+    """smpl_joints (the chain on rotations and bones, its own backward; the regressed rows
+    from the regressor folded into the skinning, no vertex posed) against smplx's full
+    forward, in float64: values and gradients."""
     ours = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
     theirs = smplx.create(mannequin_smplx_dir, model_type="smpl", dtype=torch.float64)
     rng = np.random.default_rng()
@@ -348,6 +349,29 @@ def test_joints_only_path_matches_smplx_values_and_gradients(mannequin_data, man
                                        transl=inputs[2], return_verts=False, joint_set=joint_set).joints * w).sum(),
                                  inputs[0])[0]
     assert torch.allclose(g_pose, g_full[0], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("joint_set", ["smplx45", "hmr19"])
+def test_folded_regressor_equals_posing_the_support_vertices(mannequin_data, joint_set):
+    """regress_joints_folded against its twin, regress_joints of the posed support vertices:
+    float64, fresh random shapes and poses, values and gradients."""
+    layer = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
+    js = layer.joint_set_tensors(joint_set)
+    rng = np.random.default_rng()
+    betas = torch.tensor(rng.normal(size=(5, 10)), requires_grad=True)
+    rot = torch.tensor(scipy_rotmats(random_pose(5, "random", rng)), requires_grad=True)
+    rest = reference.rest_joints(betas, layer.J_template, layer.J_shapedirs)
+    global_rot, posed = reference.kinematic_chain(rot, rest, layer.parents, layer.levels)
+    transforms = reference.skinning_transforms(global_rot, posed, rest)
+    feats = reference.pose_features(rot)
+    folded = reference.regress_joints_folded(posed, betas, feats, transforms, js)
+    support = reference.pose_vertices(betas, feats, transforms, js.template, js.blend_dirs, js.weights)
+    twin = reference.regress_joints(posed, support, js.chain_index, js.vertex_regressor)
+    assert (folded - twin).abs().max() < 1e-12
+    w = torch.randn_like(twin)
+    for a, b in zip(torch.autograd.grad((folded * w).sum(), (betas, rot), retain_graph=True),
+                    torch.autograd.grad((twin * w).sum(), (betas, rot))):
+        assert (a - b).abs().max() < 1e-11
 
 
 def test_joints_only_path_gradcheck():
