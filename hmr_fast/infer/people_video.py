@@ -38,8 +38,8 @@ from .frames import FrameReader
 from .overlay import MeshOverlay, draw_hud, draw_keypoints
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
-from .pipeline import (DETECTION_EXPAND, BodyPoser, StopSignals, Timer, check_run_limits, input_problems,
-                       progress_bar)
+from .pipeline import (DETECTION_EXPAND, BodyPoser, StopSignals, Timer, check_run_limits, close_run,
+                       progress_bar, timing_summary)
 from .writer import ParamsRecorder, VideoSink
 
 MIN_KEYPOINT_SCORE = 0.2  # detected keypoints below this confidence do not pull the fit
@@ -202,20 +202,11 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
     except KeyboardInterrupt:
         summary["interrupted"] = True
     finally:
-        stop.inside = True
-        reader.close()
-        summary["skipped_frames"] = reader.skipped
-        input_problems(summary, reader)
-        if sink is not None:
-            summary["frames_written"] = sink.close()
+        close_run(summary, stop, reader, sink)
         if recorder is not None:
             recorder.save(index_key="frame", fps=reader.info.fps, input=str(cfg.input),
                           interrupted=summary["interrupted"])
-    seconds = time.perf_counter() - t_start if summary["frames"] else 0.0
-    lat = np.array(timer.latencies) * 1000 if summary["frames"] else np.zeros(1)
-    summary.update(seconds=round(seconds, 3), fps=round(summary["frames"] / seconds, 2) if seconds else 0.0,
-                   latency_ms_mean=round(float(lat.mean()), 2), latency_ms_p95=round(float(np.percentile(lat, 95)), 2))
-    return summary
+    return timing_summary(summary, timer, t_start)
 
 
 def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg, stages) -> list:

@@ -72,6 +72,27 @@ class Timer:
         return (len(self.stamps) - 1) / max(self.stamps[-1] - self.stamps[0], 1e-9)
 
 
+def close_run(summary: dict, stop, reader: FrameReader, sink) -> None:
+    """What both pipelines do last, interrupted or not: close the input and the video (the
+    frames written so far), noting the input's problems in `summary`."""
+    stop.inside = True  # a second Ctrl-C must not cut the files short while they are closed
+    reader.close()
+    summary["skipped_frames"] = reader.skipped
+    input_problems(summary, reader)
+    if sink is not None:
+        summary["frames_written"] = sink.close()
+
+
+def timing_summary(summary: dict, timer: Timer, t_start: float) -> dict:
+    """The run's seconds, FPS and latency (mean, p95 in ms) from the first frame on, into `summary`."""
+    done = summary["frames"]
+    seconds = time.perf_counter() - t_start if done else 0.0
+    lat = np.array(timer.latencies) * 1000 if done else np.zeros(1)
+    summary.update(seconds=round(seconds, 3), fps=round(done / seconds, 2) if seconds else 0.0,
+                   latency_ms_mean=round(float(lat.mean()), 2), latency_ms_p95=round(float(np.percentile(lat, 95)), 2))
+    return summary
+
+
 class _Interrupted(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so the same cleanup runs."""
 

@@ -37,7 +37,7 @@ from hmr_fast.rotations import rotmat_to_axis_angle
 from .frames import FrameReader
 from .overlay import MeshOverlay, draw_box, draw_hud, draw_keypoints
 from .pipeline import (DETECTION_EXPAND, SHIPPED_CHECKPOINT, BodyPoser, StopSignals, Timer, check_run_limits,
-                       input_problems, progress_bar)
+                       close_run, progress_bar, timing_summary)
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
 from .tracking import KeypointTracker, MotionDetector, pick_detection
@@ -172,21 +172,12 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
     except KeyboardInterrupt:
         summary["interrupted"] = True
     finally:
-        stop.inside = True  # a second Ctrl-C must not cut the files short while they are closed
-        reader.close()
-        summary["skipped_frames"] = reader.skipped
-        input_problems(summary, reader)
-        if sink is not None:
-            summary["frames_written"] = sink.close()
+        close_run(summary, stop, reader, sink)
         if recorder is not None:
             recorder.save(fps=reader.info.fps, input=str(cfg.input), joint_set=predictor.joint_set if predictor else "",
                           skipped_frames=reader.skipped, interrupted=summary["interrupted"])
-    seconds = time.perf_counter() - t_start if summary["frames"] else 0.0
-    lat = np.array(timer.latencies) * 1000 if summary["frames"] else np.zeros(1)
-    summary.update(seconds=round(seconds, 3), fps=round(summary["frames"] / seconds, 2) if seconds else 0.0,
-                   latency_ms_mean=round(float(lat.mean()), 2), latency_ms_p95=round(float(np.percentile(lat, 95)), 2),
-                   lost_frames=tracker.lost_frames if tracker is not None else 0)
-    return summary
+    summary["lost_frames"] = tracker.lost_frames if tracker is not None else 0
+    return timing_summary(summary, timer, t_start)
 
 
 def _record(recorder, index, t, params, raw, boxes, keypoints_px, joints3d, i) -> None:
