@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,3 +77,22 @@ def test_two_processes_train_one_model_and_resume_exactly(synth_dir, tmp_path):
     for step in (3, 4):
         for key in ("loss/total", "loss/keypoints", "loss/adversarial", "loss/disc_real", "loss/disc_fake"):
             assert resumed_losses[step][key] == losses[step][key], (step, key)
+
+
+def test_spin_fits_are_shared_by_both_processes(synth_dir, tmp_path):
+    """SPIN's table of fits: each rank fits the samples it draws, and every rank stores every
+    rank's fits, so rank 0's table (the checkpoint's) knows the samples both ranks drew:
+    3 steps x 2 ranks x 2 samples, all different within the epoch's permutation."""
+    import numpy as np
+
+    labels = dict(np.load(synth_dir / "train.npz"))
+    for key in ("S", "pose", "shape", "has_smpl"):  # 2D keypoints only: every sample is fitted
+        labels.pop(key)
+    np.savez(synth_dir / "train2d_spin.npz", **labels)
+    assert len(labels["imgname"]) >= 12
+    out = tmp_path / "spin"
+    ranks = _torchrun(synth_dir, out, tmp_path / "d_spin", 3, "spin.enabled=true", "spin.fit_iters=2",
+                      "spin.torso_iters=0", "data.train=[{kind: spin, path: train2d_spin.npz, images: .}]")
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    ckpt, _ = _checkpoint_digest(out)
+    assert int(ckpt["spin"]["known"].sum()) == 3 * 2 * 2  # rank 0's own draws alone would be 6
