@@ -83,8 +83,6 @@ def test_spin_fits_are_shared_by_both_processes(synth_dir, tmp_path):
     """SPIN's table of fits: each rank fits the samples it draws, and every rank stores every
     rank's fits, so rank 0's table (the checkpoint's) knows the samples both ranks drew:
     3 steps x 2 ranks x 2 samples, all different within the epoch's permutation."""
-    import numpy as np
-
     labels = dict(np.load(synth_dir / "train.npz"))
     for key in ("S", "pose", "shape", "has_smpl"):  # 2D keypoints only: every sample is fitted
         labels.pop(key)
