@@ -53,9 +53,8 @@ def main(argv=None) -> None:
     gt = render_crowd_clip(crowd, num_people=4, num_frames=90, width=640, height=360, seed=0)
     for refine in (0, 10, 30):
         summary, params = run(crowd / "crowd.mp4", crowd, args.device, refine)
-        rows = {"frame": params["frame"], "track_id": params["track_id"], "box": params["box"]}
-        every = tracking_report(gt, rows)
-        half = tracking_report(gt, rows, min_visible=0.5)
+        every = tracking_report(gt, params)
+        half = tracking_report(gt, params, min_visible=0.5)
         entry = {"recall": every["recall"], "precision": every["precision"], "recall_half_visible": half["recall"],
                  "id_switches": every["id_switches"], "tracks": summary["tracks"], "fps": summary["fps"],
                  "stage_ms": summary["stage_ms"], **people_errors(gt, params, every)}

@@ -47,6 +47,14 @@ def fit_weak_perspective(points, keypoints, weights):
     return torch.cat([s[:, None], x_mean / s[:, None] - X_mean], dim=1)
 
 
+def project_pinhole(points, focal: float, width: int, height: int) -> np.ndarray:
+    """Camera-frame points (..., 3) to pixels (..., 2) through a pinhole camera whose
+    principal point is the image centre (pixel centres at integer coordinates)."""
+    points = np.asarray(points)
+    centre = np.array([(width - 1) / 2, (height - 1) / 2])
+    return focal * points[..., :2] / points[..., 2:3] + centre
+
+
 def vertices_to_pixels(vertices: np.ndarray, cam: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """(B, V, 3) model-frame points -> x, y frame pixels and z depth in the same pixel scale,
     through the weak perspective and the crop boxes (B, 3)."""
@@ -117,6 +125,28 @@ def box_to_xyxy(box) -> np.ndarray:
     cx, cy, size = np.asarray(box, dtype=np.float64)
     half = size / 2
     return np.array([cx - half, cy - half, cx + half, cy + half])
+
+
+def box_intersections(a, b) -> np.ndarray:
+    """(N, M) areas where boxes a (N, 4) and b (M, 4) overlap, both x1, y1, x2, y2."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    return np.prod(np.clip(hi - lo, 0, None), axis=2)
+
+
+def box_areas(boxes) -> np.ndarray:
+    """(N,) areas of boxes (N, 4) x1, y1, x2, y2 (0 for empty ones)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+
+
+def box_iou(a, b) -> np.ndarray:
+    """IoU (N, M) of boxes a (N, 4) and b (M, 4), x1, y1, x2, y2 (0 where both are empty)."""
+    inter = box_intersections(a, b)
+    union = box_areas(a)[:, None] + box_areas(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def full_frame_box(height: int, width: int) -> np.ndarray:

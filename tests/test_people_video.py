@@ -70,7 +70,7 @@ def _fit_error_px(gt, params):
     """Median distance of the fitted COCO keypoints from the true visible ones, per matched row."""
     from hmr_fast.infer.people_metrics import tracking_report
 
-    report = tracking_report(gt, {"frame": params["frame"], "track_id": params["track_id"], "box": params["box"]})
+    report = tracking_report(gt, params)
     g, p = report["matches"][:, 0], report["matches"][:, 1]
     true, fit = gt["keypoints_coco"][g], params["keypoints2d_fit"][p]
     seen = (true[..., 2] > 0) & np.isfinite(fit).all(-1)
@@ -116,7 +116,7 @@ def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
     assert cli.main(["video", str(crowd_dir / "crowd.mp4"), "--people", "all", "--out", str(out),
                      "--save-params", str(params), "--device", "cpu", "--refine", "5"]) == 0
     p = dict(np.load(params))
-    report = tracking_report(gt, {"frame": p["frame"], "track_id": p["track_id"], "box": p["box"]}, min_visible=0.5)
+    report = tracking_report(gt, p, min_visible=0.5)
     assert report["recall"] > 0.6 and report["precision"] > 0.9, report
 
 

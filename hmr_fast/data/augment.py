@@ -81,9 +81,10 @@ def rotate_global_orient(pose: np.ndarray, degrees) -> np.ndarray:
     rotation (degrees: one number, or one per pose)."""
     pose = np.asarray(pose)
     flat = pose.reshape(-1, 72).astype(np.float64)
-    t = np.deg2rad(np.broadcast_to(np.asarray(degrees, dtype=np.float64), pose.shape[:-1]).reshape(-1))
-    R = np.zeros((len(t), 3, 3))
-    R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1], R[:, 2, 2] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t), 1.0
+    degrees = np.broadcast_to(np.asarray(degrees, dtype=np.float64), pose.shape[:-1]).reshape(-1)
+    R = np.zeros((len(degrees), 3, 3))
+    R[:, :2, :2] = np.moveaxis(rotation_2d(degrees), -1, 0)  # the crop's in-plane turn, one per pose
+    R[:, 2, 2] = 1.0
     out = flat.copy()
     out[:, :3] = (Rotation.from_matrix(R) * Rotation.from_rotvec(flat[:, :3])).as_rotvec()
     return out.reshape(pose.shape).astype(pose.dtype)

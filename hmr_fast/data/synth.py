@@ -28,6 +28,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from hmr_fast.body import SMPL
+from hmr_fast.camera import project_pinhole
 from hmr_fast.render import render_mesh
 
 from .keypoints import hmr19_to_spin24
@@ -130,12 +131,6 @@ def place_camera(rng, vertices: np.ndarray, img_size: int):
     return focal, transl
 
 
-def project(points: np.ndarray, focal: float, img_size: int) -> np.ndarray:
-    """Perspective projection of camera-frame points (N, 3) to pixels (N, 2)."""
-    c = (img_size - 1) / 2
-    return focal * points[:, :2] / points[:, 2:3] + c
-
-
 # ---------------------------------------------------------------------------------------
 # Rendering a chunk
 # ---------------------------------------------------------------------------------------
@@ -165,7 +160,7 @@ class SynthRenderer:
         S = self.img_size
         focal, transl = place_camera(rng, vertices, S)
         v_cam = vertices + transl
-        v_px = project(v_cam, focal, S)
+        v_px = project_pinhole(v_cam, focal, S, S)
         # Depth in pixel units at the body's distance, so normals shade correctly.
         z_px = v_cam[:, 2] * focal / transl[2]
         image = random_background(rng, S)
@@ -174,12 +169,12 @@ class SynthRenderer:
         render_mesh(image, np.c_[v_px, z_px], self.faces, colors, light=light, ambient=rng.uniform(0.25, 0.55))
         # Labels: 19 HMR keypoints + SPIN's extra slots, in pixels and camera-frame metres.
         j_cam = joints + transl
-        j_px = project(j_cam, focal, S)
+        j_px = project_pinhole(j_cam, focal, S, S)
         inside = ((j_px >= 0) & (j_px <= S - 1)).all(1)
         part = hmr19_to_spin24(np.c_[j_px, inside.astype(np.float64)])
         S3 = hmr19_to_spin24(np.c_[j_cam, np.ones(len(j_cam))])
         e_cam = extra + transl
-        e_px = project(e_cam, focal, S)
+        e_px = project_pinhole(e_cam, focal, S, S)
         for slot, row in self.extra_map.items():
             part[slot] = [*e_px[row], float(((e_px[row] >= 0) & (e_px[row] <= S - 1)).all())]
             S3[slot] = [*e_cam[row], 1.0]

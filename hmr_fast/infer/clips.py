@@ -32,6 +32,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from hmr_fast.body import SMPL
+from hmr_fast.camera import project_pinhole
 from hmr_fast.data.pose_sampler import CENTRE_LIMITS, SIDE_LIMITS, SIDES, clip_to_limits, parameters_to_rotmats
 from hmr_fast.data.keypoints import NUM_LSP
 from hmr_fast.data.synth import BodyPalette, random_background
@@ -65,10 +66,12 @@ def walk_cycle(num_frames: int, fps: float) -> np.ndarray:
     return parameters_to_rotmats(clip_to_limits(p))
 
 
-def project(points: np.ndarray, focal: float, width: int, height: int) -> np.ndarray:
-    """Pinhole projection of camera-frame points (..., 3) to pixels (..., 2), centred principal point."""
-    centre = np.array([(width - 1) / 2, (height - 1) / 2])
-    return focal * points[..., :2] / points[..., 2:3] + centre
+def upright_root(yaw: np.ndarray) -> np.ndarray:
+    """Root rotations (T, 3, 3) of a body standing upright in the camera's frame (pi about x,
+    y down) and turned by `yaw` (T,) about its vertical axis."""
+    yaw = np.asarray(yaw, dtype=np.float64)
+    turn = Rotation.from_rotvec(np.c_[np.zeros_like(yaw), yaw, np.zeros_like(yaw)])
+    return (Rotation.from_rotvec([np.pi, 0, 0]) * turn).as_matrix()
 
 
 def _paths(num_people: int, num_frames: int, width: int, rng: np.random.Generator):
@@ -100,9 +103,7 @@ def _pose_people(smpl, num_people: int, num_frames: int, fps: float, yaw: np.nda
     for k in range(num_people):
         offset = int(rng.integers(0, int(round(fps))))  # a different point of the stride
         rot = walk_cycle(num_frames + offset, fps)[offset:]
-        root = Rotation.from_rotvec([np.pi, 0, 0]) * Rotation.from_rotvec(
-            np.c_[np.zeros(num_frames), yaw[k], np.zeros(num_frames)])
-        rot[:, 0] = root.as_matrix()
+        rot[:, 0] = upright_root(yaw[k])
         rots.append(rot)
     rot = torch.as_tensor(np.concatenate(rots), dtype=torch.float32)
     b = torch.as_tensor(np.repeat(betas, num_frames, axis=0), dtype=torch.float32)
@@ -173,7 +174,7 @@ def render_crowd_clip(out_dir: Path, num_people: int = 4, num_frames: int = 90, 
             order = np.argsort(-verts[:, i, :, 2].mean(1), kind="stable")  # far to near
             shown = []
             for k in order:
-                v_px = project(verts[k, i], focal, width, height)
+                v_px = project_pinhole(verts[k, i], focal, width, height)
                 lo, hi = np.clip(v_px.min(0), 0, [width, height]), np.clip(v_px.max(0), 0, [width, height])
                 if np.any(hi - lo <= 0):
                     continue  # wholly off the frame
@@ -187,7 +188,7 @@ def render_crowd_clip(out_dir: Path, num_people: int = 4, num_frames: int = 90, 
             for k, box, area in shown:
                 kp = np.zeros((17, 3))
                 modelled = coco_rows >= 0
-                kp[modelled, :2] = project(joints[k, i, coco_rows[modelled]], focal, width, height)
+                kp[modelled, :2] = project_pinhole(joints[k, i, coco_rows[modelled]], focal, width, height)
                 px = np.round(kp[:, :2]).astype(int)
                 inside = modelled & (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height)
                 front = label[np.clip(px[:, 1], 0, height - 1), np.clip(px[:, 0], 0, width - 1)]

@@ -24,15 +24,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation
 
 from hmr_fast import metrics
 from hmr_fast.body import SMPL
+from hmr_fast.camera import project_pinhole
 from hmr_fast.data.keypoints import NUM_LSP
 from hmr_fast.data.synth import BodyPalette, random_background
 from hmr_fast.render import render_mesh
 
-from .clips import walk_cycle
+from .clips import upright_root, walk_cycle
 from .video import SHIPPED_CHECKPOINT as DEMO_CHECKPOINT, VideoConfig, run_video
 
 
@@ -47,9 +47,7 @@ def render_clip(out_dir: Path, num_frames: int = 90, width: int = 320, height: i
     # The root: upright in the image (pi about x), turning slowly from a three-quarter view
     # through facing the camera and back.
     yaw = 0.9 * np.sin(2 * np.pi * np.arange(num_frames) / num_frames) + 0.3
-    root = Rotation.from_rotvec([np.pi, 0, 0]) * Rotation.from_rotvec(np.c_[np.zeros(num_frames), yaw,
-                                                                               np.zeros(num_frames)])
-    rot[:, 0] = root.as_matrix()
+    rot[:, 0] = upright_root(yaw)
     betas = np.clip(rng.normal(0, 0.7, 10), -2, 2)
     with torch.no_grad():
         r = torch.as_tensor(rot, dtype=torch.float32)
@@ -63,8 +61,6 @@ def render_clip(out_dir: Path, num_frames: int = 90, width: int = 320, height: i
     drift = 0.25 * width / focal * depth * np.sin(2 * np.pi * np.arange(num_frames) / num_frames * 0.5)
     transl = np.stack([drift, np.full(num_frames, 0.0), np.full(num_frames, depth)], 1)
     transl[:, 1] -= (verts[0].min(0) + verts[0].max(0))[1] / 2
-    centre = np.array([(width - 1) / 2, (height - 1) / 2])
-    project = lambda p: focal * p[..., :2] / p[..., 2:3] + centre  # noqa: E731
     background = random_background(rng, max(width, height))[:height, :width]
     colors = BodyPalette(smpl).colors(rng)
     light = np.array([-0.5, -0.7, -1.0])
@@ -79,9 +75,10 @@ def render_clip(out_dir: Path, num_frames: int = 90, width: int = 320, height: i
             v_cam = verts[i] + transl[i]
             image = np.clip(background + rng.normal(0, 2.0, background.shape), 0, 255).astype(np.uint8)
             z_px = v_cam[:, 2] * focal / depth
-            render_mesh(image, np.c_[project(v_cam), z_px], smpl.faces, colors, light=light, ambient=0.4)
+            render_mesh(image, np.c_[project_pinhole(v_cam, focal, width, height), z_px], smpl.faces, colors,
+                        light=light, ambient=0.4)
             writer.write(image)
-            keypoints[i] = project(joints[i] + transl[i])
+            keypoints[i] = project_pinhole(joints[i] + transl[i], focal, width, height)
     finally:
         writer.release()
     gt = {"joints3d": joints + transl[:, None], "keypoints2d": keypoints, "rot_mats": rot,
@@ -133,7 +130,7 @@ def run_people_demo(out_dir, checkpoint, num_frames: int = 90, device=None, seed
                        progress=False)
     summary = run_people(cfg, log=log)
     params = dict(np.load(out_dir / "people.npz"))
-    report = tracking_report(gt, {"frame": params["frame"], "track_id": params["track_id"], "box": params["box"]})
+    report = tracking_report(gt, params)
     tracking = {k: report[k] for k in ("recall", "precision", "id_switches", "gt_rows", "matched")}
     tracking["people"] = int(len(np.unique(gt["person"])))
     return {"video": summary, "tracking": tracking, "accuracy": people_errors(gt, params, report)}

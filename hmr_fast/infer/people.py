@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from hmr_fast.atomic import atomic_path
+from hmr_fast.camera import box_iou
 from hmr_fast.errors import CheckpointError, UsageError
 
 MOVENET_SHA256 = "d4489f89e6bd6777a8b9a1a16189832131f84ff90d82fae729e670b84d7948dd"
@@ -281,15 +282,6 @@ def tile_grid(height: int, width: int, rows: int, cols: int, overlap: float = 0.
     return np.stack([x0[xs.ravel()], y0[ys.ravel()], x1[xs.ravel()], y1[ys.ravel()]], 1)
 
 
-def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) IoU of boxes x1, y1, x2, y2."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), -1)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
-
-
 def keypoint_similarity(kp: np.ndarray, boxes: np.ndarray, min_conf: float = 0.3, min_shared: int = 3):
     """(N, N) COCO OKS between people over the keypoints both are confident of (scale: the
     larger box's area, so a half-body cut off by a tile still matches its whole self); 0 where
@@ -312,7 +304,7 @@ def merge_detections(boxes, scores, keypoints, rank=None, iou_threshold: float =
     if n == 0:
         return np.zeros(0, int)
     rank = scores if rank is None else rank
-    same = (box_iou_matrix(boxes, boxes) > iou_threshold) | (keypoint_similarity(keypoints, boxes) > oks_threshold)
+    same = (box_iou(boxes, boxes) > iou_threshold) | (keypoint_similarity(keypoints, boxes) > oks_threshold)
     order = np.argsort(-np.asarray(rank), kind="stable")
     suppressed = np.zeros(n, bool)
     keep = []

@@ -18,20 +18,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from hmr_fast import metrics
+from hmr_fast.camera import box_iou
 from hmr_fast.body import SMPL
 from hmr_fast.data.keypoints import NUM_LSP
-
-
-def box_iou(a, b) -> np.ndarray:
-    """IoU (N, M) of boxes a (N, 4) and b (M, 4), x1, y1, x2, y2."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def _assign(iou: np.ndarray, threshold: float, bonus=None) -> list:
@@ -69,9 +58,10 @@ def tracking_report(gt_rows, predictions, iou: float = 0.5, min_visible: float =
     """Detection and identity measures of predicted tracks against ground truth.
 
     gt_rows: `frame` (R,), `person` (R,), `box` (R, 4), optionally `visible` (R,) (as in
-    crowd_gt.npz). predictions: a mapping with `frame`, `track_id`, `box` arrays, or rows
-    (frame, track_id, box). A ground-truth row counts when visible > min_visible (all rows
-    when there is no `visible`).
+    crowd_gt.npz). predictions: a mapping with `frame`, `track_id`, `box` arrays (the npz of
+    `video --people all --save-params`; other keys are ignored), or rows (frame, track_id,
+    box). A ground-truth row counts when visible > min_visible (all rows when there is no
+    `visible`).
 
     Returns: gt_rows (counted), predictions, matched, recall (matched / counted ground-truth
     rows), precision (matched / predictions not on don't-care rows), false_negatives,

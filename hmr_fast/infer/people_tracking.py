@@ -52,6 +52,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from hmr_fast.camera import box_areas, box_intersections
+
 _INSTALL_HINT = 'PeopleTracker needs norfair (norfair-enough): pip install "hmr_fast[people]"'
 
 
@@ -167,12 +169,9 @@ def appearance_distance(a, b):
 
 def _covered(boxes: np.ndarray) -> np.ndarray:
     """(N,) the largest fraction of each box (N, 4) that another box covers."""
-    lo = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    hi = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(-1)
+    inter = box_intersections(boxes, boxes)
     np.fill_diagonal(inter, 0)
-    area = np.maximum((boxes[:, 2:] - boxes[:, :2]).prod(-1), 1e-9)
-    return (inter / area[:, None]).max(1)
+    return (inter / np.maximum(box_areas(boxes), 1e-9)[:, None]).max(1)
 
 
 def _diagonal(box) -> float:

@@ -164,15 +164,14 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
         stages = dict.fromkeys(STAGES, 0.0)  # seconds spent in each step, over the run
         last_seen: dict = {}
         seen_tracks: set = set()
-        known = [x for x in (info.frame_count, cfg.max_frames) if x]
-        bar = progress_bar(min(known) if known else None, cfg.progress)
+        bar = progress_bar(info.frame_count, cfg.max_frames, cfg.progress)
         t_start = time.perf_counter()
         for index, frame in reader:
             t0 = time.perf_counter()
             t = index / info.fps
             found = detector(frame)
             stages["detect"] += time.perf_counter() - t0
-            people = [(tid, det) for tid, det in tracker.update(found, index, frame)]
+            people = tracker.update(found, index, frame)
             rows = _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg, stages)
             for tid, _ in people:
                 last_seen[tid] = t
@@ -233,14 +232,14 @@ def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers
         rot, betas, cam, fitted_kp = refiner(ids, keypoints, boxes, rot, betas, cam)
     t2 = time.perf_counter()
     stages["fit"] += t2 - t1
-    _, _, vertices_px = poser(rot, betas, cam, boxes)
+    _, keypoints_px, vertices_px = poser(rot, betas, cam, boxes)
     for i in depth_order(cam, boxes):
         overlay.mesh(frame, vertices_px[i], color=track_color(ids[i]))
         if cfg.draw_keypoints:
             draw_keypoints(frame, keypoints[i, :, :2][keypoints[i, :, 2] > 0])
     stages["mesh_and_draw"] += time.perf_counter() - t2
     if fitted_kp is None:
-        fitted_kp = _coco_keypoints(poser, rot, betas, cam, boxes)
+        fitted_kp = _coco_keypoints(keypoints_px)
     pose = rotmat_to_axis_angle(rot).reshape(len(ids), -1)
     return [{"track_id": tid, "box": np.asarray(d.box, dtype=np.float64), "score": float(d.score),
              "keypoints2d": d.keypoints.astype(np.float64), "keypoints2d_fit": fitted_kp[i],
@@ -248,11 +247,9 @@ def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers
              "crop_box": boxes[i]} for i, (tid, d) in enumerate(people)]
 
 
-def _coco_keypoints(poser, rot, betas, cam, boxes) -> np.ndarray:
-    """The model's COCO 17 keypoints (pixels; NaN where hmr19 has none) without a fit."""
-    fmt = keypoint_format("coco17")
-    _, keypoints_px, _ = poser(rot, betas, cam, boxes)
-    rows = np.asarray(fmt.rows)
+def _coco_keypoints(keypoints_px: np.ndarray) -> np.ndarray:
+    """The COCO 17 rows (pixels; NaN where hmr19 has none) of the posed body's hmr19 keypoints."""
+    rows = np.asarray(keypoint_format("coco17").rows)
     out = keypoints_px[:, np.clip(rows, 0, None)]
     out[:, rows < 0] = np.nan
     return out

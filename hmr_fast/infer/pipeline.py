@@ -75,7 +75,7 @@ class Timer:
 def close_run(summary: dict, stop, reader: FrameReader, sink) -> None:
     """What both pipelines do last, interrupted or not: close the input and the video (the
     frames written so far), noting the input's problems in `summary`."""
-    stop.inside = True  # a second Ctrl-C must not cut the files short while they are closed
+    stop.hold()  # a second Ctrl-C must not cut the files short while they are closed
     reader.close()
     summary["skipped_frames"] = reader.skipped
     input_problems(summary, reader)
@@ -124,6 +124,10 @@ class StopSignals:
             for s, h in previous.items():
                 signal.signal(s, h)
 
+    def hold(self) -> None:
+        """From now on a signal only marks itself pending (the run is ending anyway)."""
+        self.inside = True
+
     @contextlib.contextmanager
     def frame(self):
         self.inside = True
@@ -157,7 +161,11 @@ def input_problems(summary: dict, reader: FrameReader) -> None:
     summary["warnings"] = warnings_
 
 
-def progress_bar(total, enabled: bool):
+def progress_bar(frame_count, max_frames, enabled: bool):
+    """A tqdm bar over the frames the run will read (the fewer of the input's declared count
+    and --max-frames, where either is known), or one that shows nothing."""
+    known = [x for x in (frame_count, max_frames) if x]
+    total = min(known) if known else None
     if not enabled:
         return _NoBar()
     try:

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from hmr_fast import camera
 from hmr_fast.camera import as_box, centre_box, full_frame_box, keypoint_box
 
 from .smoothing import OneEuroFilter
@@ -24,12 +25,7 @@ STARTS = ("full", "centre")
 
 def box_iou(a, b) -> float:
     """IoU of two square boxes (cx, cy, size)."""
-    a = np.asarray(a, float)
-    b = np.asarray(b, float)
-    lo = np.maximum(a[:2] - a[2] / 2, b[:2] - b[2] / 2)
-    hi = np.minimum(a[:2] + a[2] / 2, b[:2] + b[2] / 2)
-    inter = float(np.prod(np.clip(hi - lo, 0, None)))
-    return inter / (a[2] ** 2 + b[2] ** 2 - inter + 1e-12)
+    return float(camera.box_iou(camera.box_to_xyxy(a), camera.box_to_xyxy(b))[0, 0])
 
 
 class KeypointTracker:

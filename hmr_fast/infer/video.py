@@ -130,9 +130,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
             + "; follows one person")
         summary.update(backend=predictor.backend_name, device=str(predictor.device), crop=mode,
                        rasterizer=overlay.name, fps_in=info.fps)
-        known = [x for x in (info.frame_count, cfg.max_frames) if x]
-        total = min(known) if known else None
-        bar = progress_bar(total, cfg.progress)
+        bar = progress_bar(info.frame_count, cfg.max_frames, cfg.progress)
         show = cfg.show
         t_start = time.perf_counter()  # from the first frame: model loading is not video time
         for chunk in _chunks(reader, cfg.batch):
@@ -287,22 +285,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    checkpoint = args.checkpoint or str(SHIPPED_CHECKPOINT)
-    if args.people == "all":
-        return _run_people(args, checkpoint)
-    detector = args.detector or "none"
-    if detector not in DETECTORS:
-        print(f"hmr-fast video: --detector with --people one must be one of {DETECTORS}, got {detector!r}",
-              file=sys.stderr)
-        return 2
-    cfg = VideoConfig(input=args.input, checkpoint=checkpoint, out=args.out, save_params=args.save_params,
-                      backend=args.backend, device=args.device, precision=args.precision, batch=args.batch,
-                      max_frames=args.max_frames, show=args.show, box=_parse_box(args.box),
-                      track=True if args.track else None, start=args.start, expand=args.expand,
-                      detector=detector,
-                      smooth=not args.no_smooth, fps=args.fps)
     try:
-        summary = run_video(cfg)
+        summary = _run_command(args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"hmr-fast video: {exc}", file=sys.stderr)
         return 2
@@ -310,44 +294,46 @@ def run(args) -> int:
     return 130 if summary["interrupted"] else 0
 
 
-def _run_people(args, checkpoint: str) -> int:
-    from .people_video import PeopleConfig, run_people
+def _run_command(args) -> dict:
+    """One person (run_video) or every person (people_video.run_people), from the options."""
+    checkpoint = args.checkpoint or str(SHIPPED_CHECKPOINT)
+    if args.people == "all":
+        from .people_video import PeopleConfig, run_people
 
-    try:
-        tiles = tuple(int(v) for v in args.tiles.split(","))
+        try:
+            tiles = tuple(int(v) for v in args.tiles.split(","))
+        except ValueError:
+            tiles = ()
         if len(tiles) != 2 or min(tiles) < 1:
-            raise ValueError
-    except ValueError:
-        print(f"hmr-fast video: --tiles must be ROWS,COLS (positive integers), got {args.tiles!r}", file=sys.stderr)
-        return 2
-    detector = None if args.detector in (None, "movenet") else args.detector
-    cfg = PeopleConfig(input=args.input, out=args.out, checkpoint=checkpoint, save_params=args.save_params,
-                       detector=detector, backend=args.backend, device=args.device, precision=args.precision,
-                       max_frames=args.max_frames, refine=args.refine, min_score=args.min_score, tiles=tiles,
-                       smooth=not args.no_smooth, fps=args.fps)
-    try:
-        s = run_people(cfg)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"hmr-fast video: {exc}", file=sys.stderr)
-        return 2
-    state = "interrupted after" if s["interrupted"] else "done:"
-    print(f"{state} {s['frames']} frames in {s['seconds']:.1f} s = {s['fps']:.1f} FPS (latency mean "
-          f"{s['latency_ms_mean']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms); {s['people_rows']} people meshed "
-          f"over {s['tracks']} tracks; {s['skipped_frames']} unreadable frames skipped")
-    if s.get("stage_ms"):
-        print("ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_ms"].items()))
-    for warning in s.get("warnings", []):
-        print(f"warning: {warning}")
-    if s.get("frames_written"):
-        print(f"wrote {s['out']}" + (f" and {s['params']}" if s.get("params") else ""))
-    return 130 if s["interrupted"] else 0
+            raise ValueError(f"--tiles must be ROWS,COLS (positive integers), got {args.tiles!r}")
+        detector = None if args.detector in (None, "movenet") else args.detector
+        return run_people(PeopleConfig(
+            input=args.input, out=args.out, checkpoint=checkpoint, save_params=args.save_params, detector=detector,
+            backend=args.backend, device=args.device, precision=args.precision, max_frames=args.max_frames,
+            refine=args.refine, min_score=args.min_score, tiles=tiles, smooth=not args.no_smooth, fps=args.fps))
+    detector = args.detector or "none"
+    if detector not in DETECTORS:
+        raise ValueError(f"--detector with --people one must be one of {DETECTORS}, got {detector!r}")
+    return run_video(VideoConfig(
+        input=args.input, checkpoint=checkpoint, out=args.out, save_params=args.save_params, backend=args.backend,
+        device=args.device, precision=args.precision, batch=args.batch, max_frames=args.max_frames, show=args.show,
+        box=_parse_box(args.box), track=True if args.track else None, start=args.start, expand=args.expand,
+        detector=detector, smooth=not args.no_smooth, fps=args.fps))
 
 
 def _report(s: dict) -> None:
+    """The run's summary: frames, FPS, latency, what was skipped; per mode the people meshed
+    (every person) or the frames the track was lost on (one person); warnings; what was written."""
     state = "interrupted after" if s["interrupted"] else "done:"
+    skipped = f"{s['skipped_frames']} unreadable frames skipped"
+    if "people_rows" in s:
+        details = f"{s['people_rows']} people meshed over {s['tracks']} tracks; {skipped}"
+    else:
+        details = f"{skipped}; track lost on {s['lost_frames']} frames"
     print(f"{state} {s['frames']} frames in {s['seconds']:.1f} s = {s['fps']:.1f} FPS "
-          f"(latency mean {s['latency_ms_mean']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms); "
-          f"{s['skipped_frames']} unreadable frames skipped; track lost on {s['lost_frames']} frames")
+          f"(latency mean {s['latency_ms_mean']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms); {details}")
+    if s.get("stage_ms"):
+        print("ms per frame: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_ms"].items()))
     for warning in s.get("warnings", []):
         print(f"warning: {warning}")
     if s.get("frames_written"):
