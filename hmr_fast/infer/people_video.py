@@ -142,7 +142,9 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
     timer = Timer()
     t_start = time.perf_counter()
     summary = {"input": cfg.input, "out": cfg.out, "params": cfg.save_params, "frames": 0, "people_rows": 0,
-               "interrupted": False, "tracks": 0}
+               "interrupted": False}
+    stages = dict.fromkeys(STAGES, 0.0)  # seconds spent in each step, over the run
+    seen_tracks: set = set()
     try:
         info = reader.info
         if detector is None:
@@ -161,9 +163,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
             f"HMR on {predictor.backend_name} ({predictor.device}), "
             + (f"{cfg.refine} fit iterations per frame" if cfg.refine else "no fit"))
         smoothers: dict = {}
-        stages = dict.fromkeys(STAGES, 0.0)  # seconds spent in each step, over the run
         last_seen: dict = {}
-        seen_tracks: set = set()
         bar = progress_bar(info.frame_count, cfg.max_frames, cfg.progress)
         t_start = time.perf_counter()
         for index, frame in reader:
@@ -195,9 +195,6 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
                 summary["people_rows"] += len(rows)
             bar.update(1)
         bar.close()
-        summary["tracks"] = len(seen_tracks)
-        done = max(summary["frames"], 1)
-        summary["stage_ms"] = {k: round(1000 * v / done, 1) for k, v in stages.items()}
     except KeyboardInterrupt:
         summary["interrupted"] = True
     finally:
@@ -205,6 +202,9 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
         if recorder is not None:
             recorder.save(index_key="frame", fps=reader.info.fps, input=str(cfg.input),
                           interrupted=summary["interrupted"])
+    summary["tracks"] = len(seen_tracks)  # interrupted runs too
+    done = max(summary["frames"], 1)
+    summary["stage_ms"] = {k: round(1000 * v / done, 1) for k, v in stages.items()}
     return timing_summary(summary, timer, t_start)
 
 
