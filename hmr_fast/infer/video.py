@@ -280,6 +280,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tiles", default="1,1",
                         help="--people all: ROWS,COLS detector tiles besides the whole frame (crowds of more "
                              "than 6 people: e.g. 2,3)")
+    parser.add_argument("--detect-every", type=int, default=1, metavar="N",
+                        help="--people all: run the detector on every N-th frame and follow people by optical "
+                             "flow in between (crowds in real time: e.g. 4)")
+    parser.add_argument("--mesh-faces", type=int, default=3000,
+                        help="--people all: faces of the drawn (simplified) mesh; 0 draws the model's own")
     parser.add_argument("--no-smooth", action="store_true", help="no One-Euro smoothing of the parameters")
     parser.add_argument("--fps", type=float, default=None, help="frame rate for image folders (default 30)")
 
@@ -310,7 +315,8 @@ def _run_command(args) -> dict:
         return run_people(PeopleConfig(
             input=args.input, out=args.out, checkpoint=checkpoint, save_params=args.save_params, detector=detector,
             backend=args.backend, device=args.device, precision=args.precision, max_frames=args.max_frames,
-            refine=args.refine, min_score=args.min_score, tiles=tiles, smooth=not args.no_smooth, fps=args.fps))
+            refine=args.refine, min_score=args.min_score, tiles=tiles, detect_every=args.detect_every,
+            mesh_faces=args.mesh_faces, smooth=not args.no_smooth, fps=args.fps))
     detector = args.detector or "none"
     if detector not in DETECTORS:
         raise ValueError(f"--detector with --people one must be one of {DETECTORS}, got {detector!r}")
