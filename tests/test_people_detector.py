@@ -505,3 +505,35 @@ def test_followed_keypoint_the_flow_loses_moves_with_its_person():
     assert np.abs(person.keypoints[1:, :2] - (points[1:] + (3, 2))).max() < 0.3
     assert np.allclose(person.keypoints[0, :2], points[0] + (3, 2), atol=0.3)  # the median step of the rest
     assert person.keypoints[0, 2] == pytest.approx(0.4) and np.all(person.keypoints[1:, 2] == 0.8)
+
+
+def test_followed_keypoint_the_flow_cannot_retrace_moves_with_its_person(monkeypatch):
+    """The forward-backward check: a keypoint whose backward flow does not come back to
+    where it started (someone passed in front of it, or it sits on a plain patch) is not
+    trusted, although the forward flow reported it found."""
+    from hmr_fast.infer.people import DetectEvery
+
+    points = np.random.default_rng(5).uniform([60, 60], [260, 180], (17, 2))
+    first = np.zeros((240, 320), np.uint8)  # the first frame's grey image
+    calls = []
+
+    def flow(before, now, start, _, **options):
+        calls.append(before is first)
+        out = start + np.float32([3, 2]) if before is first else start - np.float32([3, 2])
+        if before is not first:
+            out[0] += 5.0  # keypoint 0's way back ends 5 px from its start
+        out[1, 0, 0] += 15.0 if before is first else -15.0  # keypoint 1 jumps forward, and back the same way
+        return out, np.ones((len(start), 1), np.uint8), np.zeros((len(start), 1), np.float32)
+
+    monkeypatch.setattr(people.cv2, "calcOpticalFlowPyrLK", flow)
+    gray = cv2.cvtColor
+    monkeypatch.setattr(people.cv2, "cvtColor", lambda image, code: first if image is frames[0] else gray(image, code))
+    frames = [np.zeros((240, 320, 3), np.uint8), np.ones((240, 320, 3), np.uint8)]
+    follow = DetectEvery(_CountingDetector(points), every=2)
+    follow(frames[0])
+    (person,) = follow(frames[1])
+    assert calls == [True, False]  # forward, then back
+    assert np.allclose(person.keypoints[2:, :2], points[2:] + (3, 2))
+    assert np.allclose(person.keypoints[1, :2], points[1] + (18, 2))  # retraced: trusted
+    assert np.allclose(person.keypoints[0, :2], points[0] + (3, 2)) and person.keypoints[0, 2] == pytest.approx(0.4)
+    assert np.all(person.keypoints[1:, 2] == 0.8)

@@ -123,6 +123,37 @@ def test_detecting_every_third_frame_follows_people_between(crowd, tmp_path):
     assert np.isfinite(params["keypoints2d_fit"][followed]).any()
 
 
+def test_people_of_several_frames_share_one_hmr_call(crowd, tmp_path):
+    """--batch 5: the people of 5 frames go through HMR in one call; frame by frame the
+    tracks, the fit and the rows are what one frame per call gives."""
+    pytest.importorskip("norfair")
+    from hmr_fast.infer import Predictor
+    from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
+
+    crowd_dir, gt = crowd
+    runs = {}
+    for batch in (1, 5):
+        predictor = Predictor(SHIPPED_CHECKPOINT, "torch", "cpu")
+        calls = []
+        run_batches = predictor.run_batches
+        predictor.run_batches = lambda c, calls=calls, run=run_batches: calls.append(len(c)) or run(c)
+        folder = tmp_path / f"b{batch}"
+        folder.mkdir()
+        summary, params = _run(crowd_dir, folder, TruthDetector(gt), 10, predictor, batch=batch)
+        runs[batch] = calls, summary, params
+    (calls1, summary1, one), (calls5, summary5, five) = runs[1], runs[5]
+    assert len(calls5) == 6 and sum(calls5) == sum(calls1) == len(one["frame"])
+    assert len(calls1) == len(set(one["frame"].tolist())) > 25  # a call per frame with people
+    assert summary5["frames"] == 30 and summary5["people_rows"] == summary1["people_rows"]
+    for key in ("frame", "track_id", "followed"):
+        assert np.array_equal(one[key], five[key]), key
+    # the same to float rounding (a batched convolution sums in another order), which the
+    # fit's weakest shape directions amplify most
+    for key, atol in (("body_pose", 2e-3), ("global_orient", 2e-3), ("camera", 2e-3), ("betas", 0.05),
+                      ("keypoints2d_fit", 0.1)):
+        assert np.allclose(one[key], five[key], atol=atol, equal_nan=True), key
+
+
 def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
     pytest.importorskip("norfair")
     pytest.importorskip("ai_edge_litert.interpreter")
@@ -150,6 +181,7 @@ def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
     (["--people", "all", "--refine", "-1"], "--refine must be >= 0"),
     (["--people", "all", "--detect-every", "0"], "--detect-every must be >= 1"),
     (["--people", "all", "--mesh-faces", "-5"], "--mesh-faces must be >= 0"),
+    (["--people", "all", "--batch", "0"], "--batch must be >= 1"),
     (["--people", "one", "--detector", "movenet"], "--detector with --people one must be one of"),
 ])
 def test_people_options_are_checked_in_one_line(tmp_path, capsys, args, message):

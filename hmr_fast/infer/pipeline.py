@@ -31,6 +31,18 @@ def check_run_limits(max_frames, fps) -> None:
         raise ValueError(f"--fps must be in (0, 1000], got {fps}")
 
 
+def frame_chunks(reader, size: int):
+    """Lists of up to `size` (index, frame) pairs: the frames that share one model call."""
+    chunk = []
+    for item in reader:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class BodyPoser:
     """The body model posed from (smoothed) parameters: joints, keypoints and the mesh in pixels."""
 

@@ -37,7 +37,7 @@ from hmr_fast.rotations import rotmat_to_axis_angle
 from .frames import FrameReader
 from .overlay import MeshOverlay, draw_box, draw_hud, draw_keypoints
 from .pipeline import (DETECTION_EXPAND, SHIPPED_CHECKPOINT, BodyPoser, StopSignals, Timer, check_run_limits,
-                       close_run, progress_bar, timing_summary)
+                       close_run, frame_chunks, progress_bar, timing_summary)
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
 from .tracking import KeypointTracker, MotionDetector, pick_detection
@@ -77,17 +77,6 @@ class VideoConfig:
             raise ValueError(f"--detector must be one of {DETECTORS}, got {self.detector!r}")
         if self.box is not None:
             camera.as_box(self.box)  # raises naming the problem
-
-
-def _chunks(reader, size: int):
-    chunk = []
-    for item in reader:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def run_video(cfg: VideoConfig, predictor: Optional[Predictor] = None, log=print) -> dict:
@@ -133,7 +122,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
         bar = progress_bar(info.frame_count, cfg.max_frames, cfg.progress)
         show = cfg.show
         t_start = time.perf_counter()  # from the first frame: model loading is not video time
-        for chunk in _chunks(reader, cfg.batch):
+        for chunk in frame_chunks(reader, cfg.batch):
             t0 = time.perf_counter()
             frames = [f for _, f in chunk]
             times = [i / info.fps for i, _ in chunk]
@@ -261,7 +250,8 @@ def add_arguments(parser) -> None:
                                                                 "tensorrt", "aoti"))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    parser.add_argument("--batch", type=int, default=1, help="frames per model call")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="frames per model call (--people all: the people of that many frames in one HMR call)")
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument("--show", action="store_true", help="show frames in a window as they are done")
     parser.add_argument("--box", help="X1,Y1,X2,Y2: a fixed person crop (with --track, where tracking starts)")
@@ -315,7 +305,7 @@ def _run_command(args) -> dict:
         return run_people(PeopleConfig(
             input=args.input, out=args.out, checkpoint=checkpoint, save_params=args.save_params, detector=detector,
             backend=args.backend, device=args.device, precision=args.precision, max_frames=args.max_frames,
-            refine=args.refine, min_score=args.min_score, tiles=tiles, detect_every=args.detect_every,
+            batch=args.batch, refine=args.refine, min_score=args.min_score, tiles=tiles, detect_every=args.detect_every,
             mesh_faces=args.mesh_faces, smooth=not args.no_smooth, fps=args.fps))
     detector = args.detector or "none"
     if detector not in DETECTORS:
