@@ -7,14 +7,15 @@
    precision (box IoU >= 0.5; also over people at least half visible), identity switches,
    PCK@0.1 (of the box's larger side) of `keypoints2d_fit` against the true COCO keypoints,
    and MPJPE / PA-MPJPE per matched person (LSP's 14 joints, mm), with HMR alone
-   (--refine 0) and with the fit (--refine 10, 30).
+   (--refine 0) and with the fit (--refine 10, 30; 10 also with --batch 8: the people of 8
+   frames in one HMR call).
 2. A crowd, 1280x720, 24 mannequins 18-38% of the frame's height strolling all over it
    (about 21 in the frame at a time, 16 of them at least half visible): FPS end to end
    (decode, detect, track, HMR, fit, draw, encode), the mean ms per frame of each stage,
    people meshed per frame, recall / precision over the people at least half visible and
    identity switches; the detector on the whole frame and 3x4 tiles (MoveNet sees at most
-   6 people per call), on every frame with 10 fit iterations, and on every 4th frame
-   (optical flow between) with 5.
+   6 people per call), on every frame with 10 fit iterations, and on every 4th or 5th
+   frame (optical flow between) with 5.
 Everything runs the shipped demo model (it knows the mannequin); the detector is MoveNet
 MultiPose from the installed weights. A markdown table is written beside the JSON.
 """
@@ -35,10 +36,11 @@ from hmr_fast.infer.people_video import PeopleConfig, run_people
 from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
 
 
-def run(clip: Path, out_dir: Path, device: str, refine: int, tiles=(1, 1), every: int = 1) -> tuple:
-    cfg = PeopleConfig(input=str(clip), out=str(out_dir / f"overlay_r{refine}_t{tiles[0]}x{tiles[1]}_e{every}.mp4"),
-                       checkpoint=str(SHIPPED_CHECKPOINT), save_params=str(out_dir / f"people_r{refine}_e{every}.npz"),
-                       device=device, refine=refine, tiles=tiles, detect_every=every, progress=False)
+def run(clip: Path, out_dir: Path, device: str, refine: int, tiles=(1, 1), every: int = 1, batch: int = 1) -> tuple:
+    name = f"r{refine}_t{tiles[0]}x{tiles[1]}_e{every}_b{batch}"
+    cfg = PeopleConfig(input=str(clip), out=str(out_dir / f"overlay_{name}.mp4"), checkpoint=str(SHIPPED_CHECKPOINT),
+                       save_params=str(out_dir / f"people_{name}.npz"), device=device, refine=refine, tiles=tiles,
+                       detect_every=every, batch=batch, progress=False)
     summary = run_people(cfg, log=lambda *a: None)
     return summary, dict(np.load(cfg.save_params))
 
@@ -55,22 +57,23 @@ def main(argv=None) -> None:
 
     crowd = work / "crowd4"
     gt = render_crowd_clip(crowd, num_people=4, num_frames=90, width=640, height=360, seed=0)
-    for refine in (0, 10, 30):
-        summary, params = run(crowd / "crowd.mp4", crowd, args.device, refine)
+    for refine, batch in ((0, 1), (10, 1), (10, 8), (30, 1)):
+        summary, params = run(crowd / "crowd.mp4", crowd, args.device, refine, batch=batch)
         every = tracking_report(gt, params)
         half = tracking_report(gt, params, min_visible=0.5)
         entry = {"recall": every["recall"], "precision": every["precision"], "recall_half_visible": half["recall"],
                  "id_switches": every["id_switches"], "tracks": summary["tracks"], "fps": summary["fps"],
                  "stage_ms": summary["stage_ms"], **people_errors(gt, params, every)}
-        report["accuracy"][f"refine {refine}"] = entry
-        print("4 people, refine", refine, json.dumps(entry), flush=True)
+        report["accuracy"][f"refine {refine}" + (f", batch {batch}" if batch > 1 else "")] = entry
+        print("4 people, refine", refine, "batch", batch, json.dumps(entry), flush=True)
 
     big = work / "crowd24"
     gt = render_crowd_clip(big, num_people=24, num_frames=60, width=1280, height=720, seed=1, heights=(0.18, 0.38))
     frames = int(gt["num_frames"])
     report["crowd"] = {"in_frame_per_frame": len(gt["frame"]) / frames,
                        "half_visible_per_frame": float((gt["visible"] >= 0.5).sum()) / frames}
-    for name, tiles, every, refine in (("every frame", (3, 4), 1, 10), ("every 4th frame", (3, 4), 4, 5)):
+    for name, tiles, every, refine in (("every frame", (3, 4), 1, 10), ("every 4th frame", (3, 4), 4, 5),
+                                       ("every 5th frame", (3, 4), 5, 5)):
         summary, params = run(big / "crowd.mp4", big, args.device, refine, tiles, every)
         half = tracking_report(gt, params, min_visible=0.5)
         entry = {"tiles": list(tiles), "detect_every": every, "refine": refine, "fps": summary["fps"],

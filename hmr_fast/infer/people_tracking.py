@@ -174,6 +174,16 @@ def _covered(boxes: np.ndarray) -> np.ndarray:
     return (inter / np.maximum(box_areas(boxes), 1e-9)[:, None]).max(1)
 
 
+class _AllPairs:
+    """norfair's Distance interface over PeopleTracker._distances."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def get_distances(self, objects, candidates) -> np.ndarray:
+        return self.tracker._distances(list(objects), list(candidates or []))
+
+
 def _diagonal(box) -> float:
     box = np.asarray(box, dtype=np.float64)
     return float(np.hypot(box[2] - box[0], box[3] - box[1]))
@@ -243,6 +253,10 @@ class PeopleTracker:
                     R=4.0, Q=1.0, vel_variance=300.0), **options)
         finally:
             log.setLevel(level)
+        # norfair calls a per-pair function once per (detection, track): in a crowd hundreds of
+        # calls a frame. The same costs, all pairs at once (norfair takes any object with
+        # get_distances in place of its own distances):
+        self._tracker.distance_function = _AllPairs(self)
         self._Detection = norfair.Detection
         self._ids: dict = {}  # norfair's id -> ours
         self._appearance: dict = {}  # norfair's initializing_id -> (running mean embedding, updates)
@@ -281,6 +295,27 @@ class PeopleTracker:
         elif trusted and colours > self.appearance_threshold:
             return np.inf
         return distance + self.appearance_weight * colours
+
+    def _distances(self, tracks, detections) -> np.ndarray:
+        """(detections, tracks) matrix of `_distance`, the keypoint distances of all pairs at
+        once; colours are only looked at where the keypoints are near enough to match."""
+        out = np.full((len(detections), len(tracks)), np.inf)
+        if not len(detections) or not len(tracks):
+            return out
+        points = np.stack([d.points for d in detections])  # (D, 17, 2)
+        scores = np.stack([d.scores for d in detections])
+        seen = np.stack([t.detected_at_least_once_points for t in tracks])  # (T, 17)
+        weight = np.where((scores[:, None] > self.keypoint_threshold) & seen[None], scores[:, None], 0.0)
+        error = np.linalg.norm(points[:, None] - np.stack([t.estimate for t in tracks])[None], axis=-1)
+        total = weight.sum(-1)
+        diagonals = np.array([d.data["diagonal"] for d in detections])
+        scale = np.maximum(np.maximum(diagonals[:, None], [t.last_detection.data["diagonal"] for t in tracks]), 1.0)
+        keypoints = np.where(total > 0, (weight * error).sum(-1) / np.where(total > 0, total, 1.0) / scale, np.inf)
+        for d, t in zip(*np.nonzero(keypoints < self.distance_threshold)):
+            theirs, trusted = self._track_appearance(tracks[t])
+            out[d, t] = self._with_appearance(keypoints[d, t], self.distance_threshold, detections[d].embedding,
+                                              theirs, trusted and detections[d].data["clean"])
+        return out
 
     def _distance(self, detection, tracked) -> float:
         """Keypoint distance (in box diagonals) + appearance_weight x colour distance."""
