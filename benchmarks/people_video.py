@@ -15,7 +15,7 @@
    people meshed per frame, recall / precision over the people at least half visible and
    identity switches; the detector on the whole frame and 3x4 tiles (MoveNet sees at most
    6 people per call), on every frame with 10 fit iterations, and on every 4th or 5th
-   frame (optical flow between) with 5.
+   frame (optical flow between) with 5, with MoveNet's input 256 or 192 px.
 Everything runs the shipped demo model (it knows the mannequin); the detector is MoveNet
 MultiPose from the installed weights. A markdown table is written beside the JSON.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -36,11 +37,12 @@ from hmr_fast.infer.people_video import PeopleConfig, run_people
 from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
 
 
-def run(clip: Path, out_dir: Path, device: str, refine: int, tiles=(1, 1), every: int = 1, batch: int = 1) -> tuple:
-    name = f"r{refine}_t{tiles[0]}x{tiles[1]}_e{every}_b{batch}"
+def run(clip: Path, out_dir: Path, device: str, refine: int, tiles=(1, 1), every: int = 1, batch: int = 1,
+        size: int = 256) -> tuple:
+    name = f"r{refine}_t{tiles[0]}x{tiles[1]}_e{every}_b{batch}_s{size}"
     cfg = PeopleConfig(input=str(clip), out=str(out_dir / f"overlay_{name}.mp4"), checkpoint=str(SHIPPED_CHECKPOINT),
                        save_params=str(out_dir / f"people_{name}.npz"), device=device, refine=refine, tiles=tiles,
-                       detect_every=every, batch=batch, progress=False)
+                       detect_every=every, batch=batch, detector_size=size, progress=False)
     summary = run_people(cfg, log=lambda *a: None)
     return summary, dict(np.load(cfg.save_params))
 
@@ -52,8 +54,9 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default=None, help="folder for the clips and overlays (default: a temp folder)")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="people_video_"))
-    report = {"machine": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-              "device": args.device, "cpu_threads": torch.get_num_threads(), "accuracy": {}, "speed": {}}
+    report = {"load_average_at_start": os.getloadavg()[0], "machine": platform.platform(),
+              "python": platform.python_version(), "torch": torch.__version__, "device": args.device,
+              "cpu_threads": torch.get_num_threads(), "accuracy": {}, "speed": {}}
 
     crowd = work / "crowd4"
     gt = render_crowd_clip(crowd, num_people=4, num_frames=90, width=640, height=360, seed=0)
@@ -72,11 +75,13 @@ def main(argv=None) -> None:
     frames = int(gt["num_frames"])
     report["crowd"] = {"in_frame_per_frame": len(gt["frame"]) / frames,
                        "half_visible_per_frame": float((gt["visible"] >= 0.5).sum()) / frames}
-    for name, tiles, every, refine in (("every frame", (3, 4), 1, 10), ("every 4th frame", (3, 4), 4, 5),
-                                       ("every 5th frame", (3, 4), 5, 5)):
-        summary, params = run(big / "crowd.mp4", big, args.device, refine, tiles, every)
+    crowd_runs = (("every frame", (3, 4), 1, 10, 256), ("every 4th frame", (3, 4), 4, 5, 256),
+                  ("every 4th frame, 192 px", (3, 4), 4, 5, 192), ("every 5th frame, 192 px", (3, 4), 5, 5, 192))
+    for name, tiles, every, refine, size in crowd_runs:
+        summary, params = run(big / "crowd.mp4", big, args.device, refine, tiles, every, size=size)
         half = tracking_report(gt, params, min_visible=0.5)
-        entry = {"tiles": list(tiles), "detect_every": every, "refine": refine, "fps": summary["fps"],
+        entry = {"tiles": list(tiles), "detect_every": every, "detector_size": size, "refine": refine,
+                 "fps": summary["fps"],
                  "people_per_frame": summary["people_rows"] / max(summary["frames"], 1), "tracks": summary["tracks"],
                  "recall_half_visible": half["recall"], "precision": half["precision"],
                  "id_switches": half["id_switches"], "stage_ms": summary["stage_ms"],
@@ -84,11 +89,13 @@ def main(argv=None) -> None:
         report["speed"][name] = entry
         print("24 people, 1280x720,", name, json.dumps(entry), flush=True)
 
+    report["load_average_at_end"] = os.getloadavg()[0]  # the 2-core machine is shared: FPS moves with it
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# `hmr-fast video --people all` on rendered crowds ({report['machine']}, torch {report['torch']}, "
-             f"{args.device}, {report['cpu_threads']} threads)", "",
+             f"{args.device}, {report['cpu_threads']} threads; load average {report['load_average_at_start']:.2f} at "
+             f"the start, {report['load_average_at_end']:.2f} at the end: other jobs share this machine)", "",
              "Accuracy: 4 mannequins, 640x360, 90 frames (render_crowd_clip seed 0), MoveNet on the whole frame.", "",
              "| | recall | recall (half visible) | precision | ID switches | PCK@0.1 fit | px error (median) "
              "| MPJPE mm | PA-MPJPE mm | FPS |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -182,6 +182,7 @@ def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
     (["--people", "all", "--detect-every", "0"], "--detect-every must be >= 1"),
     (["--people", "all", "--mesh-faces", "-5"], "--mesh-faces must be >= 0"),
     (["--people", "all", "--batch", "0"], "--batch must be >= 1"),
+    (["--people", "all", "--detector-size", "16"], "--detector-size must be 32..1024 pixels"),
     (["--people", "one", "--detector", "movenet"], "--detector with --people one must be one of"),
 ])
 def test_people_options_are_checked_in_one_line(tmp_path, capsys, args, message):

@@ -69,6 +69,7 @@ class PeopleConfig:
     refine: int = 10  # fit iterations per frame (0: HMR only)
     min_score: float = 0.2  # people the detector is less sure of are left out
     tiles: tuple = (1, 1)  # detector tiles (rows, cols) besides the whole frame, for crowds
+    detector_size: int = 256  # the longer side of each detector input (192: 40% less time on tiles)
     detect_every: int = 1  # run the detector on every N-th frame; optical flow follows people between
     mesh_faces: int = 3000  # faces of the drawn (simplified) mesh; 0: the model's own
     smooth: bool = True
@@ -84,6 +85,8 @@ class PeopleConfig:
         check_run_limits(self.max_frames, self.fps)
         if not 0 <= self.min_score < 1:
             raise ValueError(f"--min-score must be in [0, 1), got {self.min_score}")
+        if not 32 <= self.detector_size <= 1024:
+            raise ValueError(f"--detector-size must be 32..1024 pixels, got {self.detector_size}")
         if self.detect_every < 1:
             raise ValueError(f"--detect-every must be >= 1, got {self.detect_every}")
         if self.mesh_faces < 0:
@@ -164,7 +167,8 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
     try:
         info = reader.info
         if detector is None:
-            detector = MoveNetMultiPose(cfg.detector, threads=threads, min_score=cfg.min_score, tiles=cfg.tiles)
+            detector = MoveNetMultiPose(cfg.detector, threads=threads, min_score=cfg.min_score, tiles=cfg.tiles,
+                                        input_size=cfg.detector_size)
         if cfg.detect_every > 1:
             detector = DetectEvery(detector, cfg.detect_every)
         if predictor is None:
