@@ -3,13 +3,14 @@ one-person clip and the crowd share) and the crowd.
 
 `render_crowd_clip(DIR)` writes DIR/crowd.mp4 and DIR/crowd_gt.npz: the material to measure
 multi-person detection, tracking and mesh recovery on, with known identities. Each person
-has its own shape (betas), clothes (`BodyPalette`), walk phase (`walk_cycle`) and
-depth (mannequins 42-58% of the frame height by default), and walks across the frame on a straight
-line; neighbours walk in opposite directions, so their paths cross and the nearer one
-passes in front of the farther one. The third person enters late from the left; the fourth
-walks out on the right, turns and comes back; any further ones stroll a fifth to a third of
-the frame's width from anywhere on it (a crowd spread over the frame). People are drawn far to near (painter's
-order by depth) with `hmr_fast.render.render_mesh`, so occlusion between people is right.
+has its own shape (betas), clothes (`BodyPalette`), walk phase (`walk_cycle`) and depth
+(mannequins 42-58% of the frame height by default), and walks across the frame on a
+straight line; neighbours walk in opposite directions, so their paths cross and the nearer
+one passes in front of the farther one. The third person enters late from the left; the
+fourth walks out on the right, turns and comes back; any further ones stroll a fifth to a
+third of the frame's width from anywhere on it (a crowd spread over the frame). People are
+drawn far to near (painter's order by depth) with `hmr_fast.render.render_mesh`, so
+occlusion between people is right.
 
 The ground truth has one row per (frame, person) whose mesh reaches into the frame:
 - frame (R,), person (R,): the true identity (0 .. num_people-1);
@@ -130,7 +131,7 @@ def render_crowd_clip(out_dir: Path, num_people: int = 4, num_frames: int = 90, 
                       height: int = 360, fps: float = 30.0, seed: int = 0, heights=(0.42, 0.58)) -> dict:
     """Write DIR/crowd.mp4 and DIR/crowd_gt.npz (see the module docstring); returns the ground truth.
     heights: the range of the people's heights, as fractions of the frame's (a hall full of
-    people far from the camera: (0.15, 0.35))."""
+    people farther from the camera: (0.18, 0.38), as in benchmarks/people_video.py)."""
     if num_people < 1:
         raise ValueError(f"num_people must be at least 1, got {num_people}")
     if num_frames < 2:

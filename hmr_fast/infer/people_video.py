@@ -178,11 +178,11 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
         faces = poser.faces
         if cfg.mesh_faces:
             faces = simplified_faces(poser.smpl.v_template.cpu().numpy(), faces, cfg.mesh_faces)
-        # the z-buffer rasterizer: on the CPU too it draws a crowd in one call, 4x OpenCV's speed
+        # the z-buffer rasterizer: on the CPU too it draws every person of a frame in one call
         overlay = MeshOverlay(faces, predictor.device, rasterizer="torch")
         refiner = TrackFits(poser.smpl, cfg.refine) if cfg.refine else None
         # tracks reported from their second frame: on the rendered crowds (24 people,
-        # benchmarks/people_video.py) 6-8 points more recall than from the fourth, as precise
+        # benchmarks/people_video.py) 5-7 points more recall than from the fourth, as precise
         tracker = PeopleTracker((info.height, info.width), initialization_delay=1)
         sink = VideoSink(cfg.out, info.fps, info.width, info.height)
         recorder = ParamsRecorder(cfg.save_params) if cfg.save_params else None
