@@ -88,3 +88,14 @@ def test_simplified_mesh_looks_like_the_mesh_and_follows_its_vertices():
     assert full.sum() > 3000 and (full & simple).sum() / (full | simple).sum() > 0.95
     assert simplified_faces(template, smpl.faces, 10 ** 6) is not None
     assert len(simplified_faces(template, smpl.faces, 10 ** 6)) == len(smpl.faces)
+
+
+def test_mesh_mask_is_the_union_where_the_surface_overlaps_itself():
+    # two overlapping front triangles and a third over both: every covered pixel is in the mask
+    faces = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    v = np.array([[2, 2, 5], [2, 30, 5], [30, 2, 5], [10, 10, 4], [10, 40, 4], [40, 10, 4],
+                  [5, 5, 3], [5, 35, 3], [35, 5, 3]], dtype=float)
+    union = np.zeros((48, 48), bool)
+    for f in faces:
+        union |= mesh_mask((48, 48), v, f[None])
+    assert (mesh_mask((48, 48), v, faces) == union).all() and union.sum() > 600
