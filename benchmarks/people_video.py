@@ -1,6 +1,7 @@
 """`hmr-fast video --people all` measured on rendered crowds of mannequins with known truth.
 
     python benchmarks/people_video.py --out benchmarks/results/people_video.json [--device cpu]
+    GPU: HMR_FAST_BENCH_DEVICE=cuda python benchmarks/people_video.py --out benchmarks/results/people_video_h100.json
 
 1. Accuracy, a 640x360 clip of 4 mannequins crossing each other's paths (90 frames; one
    enters late, one leaves and comes back; infer/clips.py): detection recall and
@@ -50,7 +51,8 @@ def run(clip: Path, out_dir: Path, device: str, refine: int, tiles=(1, 1), every
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/people_video.json")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default=os.environ.get("HMR_FAST_BENCH_DEVICE", "cpu"),
+                        help="cpu or cuda (default: HMR_FAST_BENCH_DEVICE, as the other benchmarks, else cpu)")
     parser.add_argument("--work", default=None, help="folder for the clips and overlays (default: a temp folder)")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="people_video_"))
