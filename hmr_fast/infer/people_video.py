@@ -205,18 +205,11 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
             hmr = _hmr_fresh(chunk, tracked, predictor, last_params, stages)  # one call for the chunk's people
             for (index, frame), people, fresh in zip(chunk, tracked, hmr):
                 t = index / info.fps
-                rows = _mesh_people(people, frame, t, fresh, predictor, poser, overlay, refiner, smoothers,
-                                    last_params, cfg, stages)
+                rows = _mesh_people(people, frame, t, fresh, poser, overlay, refiner, smoothers, last_params, cfg,
+                                    stages)
                 for tid, _ in people:
                     last_seen[tid] = t
                     seen_tracks.add(tid)
-                stale = [tid for tid, seen in last_seen.items() if t - seen > FORGET_AFTER_S]
-                for tid in stale:
-                    last_seen.pop(tid)
-                    smoothers.pop(tid, None)
-                    last_params.pop(tid, None)
-                    if refiner is not None:
-                        refiner.forget([tid])
                 latency = time.perf_counter() - t0
                 draw_hud(frame, [f"{timer.fps:5.1f} FPS  {1000 * latency:6.1f} ms/frame  {len(people)} people",
                                  f"{predictor.backend_name} on {predictor.device}"])
@@ -229,6 +222,15 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
                     summary["frames"] += 1
                     summary["people_rows"] += len(rows)
                 bar.update(1)
+            # between chunks, so a track's last frame stays known through the chunk it was
+            # planned in (_hmr_fresh)
+            stale = [tid for tid, seen in last_seen.items() if chunk[-1][0] / info.fps - seen > FORGET_AFTER_S]
+            for tid in stale:
+                last_seen.pop(tid)
+                smoothers.pop(tid, None)
+                last_params.pop(tid, None)
+                if refiner is not None:
+                    refiner.forget([tid])
         bar.close()
     except KeyboardInterrupt:
         summary["interrupted"] = True
@@ -266,8 +268,7 @@ def _hmr_fresh(chunk, tracked, predictor, last_params, stages) -> list:
     return out
 
 
-def _mesh_people(people, frame, t, fresh, predictor, poser, overlay, refiner, smoothers, last_params, cfg,
-                 stages) -> list:
+def _mesh_people(people, frame, t, fresh, poser, overlay, refiner, smoothers, last_params, cfg, stages) -> list:
     """This frame's people: HMR's parameters (`fresh`, smoothed here) for the detected ones,
     their previous frame's for the followed ones, the fit for all, every mesh drawn far to
     near; returns the npz rows."""
@@ -282,10 +283,8 @@ def _mesh_people(people, frame, t, fresh, predictor, poser, overlay, refiner, sm
         if tid in fresh:
             p = fresh[tid]
             params.append(smoothers.setdefault(tid, ParameterSmoother())(*p, t) if cfg.smooth else p)
-        elif tid in last_params:  # followed: from the track's previous frame
+        else:  # followed: from the track's previous frame
             params.append(last_params[tid])
-        else:  # followed, but its track was forgotten since the chunk began: HMR now
-            params.append(_hmr_fresh([(None, frame)], [[(tid, det)]], predictor, {}, stages)[0][tid])
     rot, betas, cam = (np.stack(column) for column in zip(*params))
     keypoints = np.stack([d.keypoints for d in dets]).astype(np.float64)
     keypoints[..., 2] = np.where(keypoints[..., 2] >= MIN_KEYPOINT_SCORE, keypoints[..., 2], 0.0)
