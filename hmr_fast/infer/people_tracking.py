@@ -46,7 +46,6 @@ Detections are duck-typed: anything with `.box` (4,) x1, y1, x2, y2 px, `.score`
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import cv2
@@ -240,22 +239,15 @@ class PeopleTracker:
             options = dict(reid_distance_function=self._reid_distance,
                            reid_distance_threshold=self.reid_distance_threshold + slack,
                            reid_hit_counter_max=max(1, int(reid_max_frames) - int(hit_counter_max)))
-        # norfair warns that a per-pair distance is slower than a vectorised one; with a few
-        # people per frame the per-pair cost is nothing next to the detector's.
-        log = logging.getLogger("norfair.tracker")
-        level = log.level
-        log.setLevel(logging.ERROR)
-        try:
-            self._tracker = norfair.Tracker(
-                distance_function=self._distance, distance_threshold=self.distance_threshold + slack,
-                hit_counter_max=int(hit_counter_max), initialization_delay=int(initialization_delay),
-                detection_threshold=self.keypoint_threshold, filter_factory=norfair.OptimizedKalmanFilterFactory(
-                    R=4.0, Q=1.0, vel_variance=300.0), **options)
-        finally:
-            log.setLevel(level)
-        # norfair calls a per-pair function once per (detection, track): in a crowd hundreds of
-        # calls a frame. The same costs, all pairs at once (norfair takes any object with
-        # get_distances in place of its own distances):
+        # norfair's constructor takes a distance's name or a per-pair function (called once per
+        # (detection, track): hundreds of calls a frame in a crowd); the tracker takes any
+        # object with get_distances in its place, so the name only stands in until ours, the
+        # cost of all pairs at once, replaces it
+        self._tracker = norfair.Tracker(
+            distance_function="euclidean", distance_threshold=self.distance_threshold + slack,
+            hit_counter_max=int(hit_counter_max), initialization_delay=int(initialization_delay),
+            detection_threshold=self.keypoint_threshold, filter_factory=norfair.OptimizedKalmanFilterFactory(
+                R=4.0, Q=1.0, vel_variance=300.0), **options)
         self._tracker.distance_function = _AllPairs(self)
         self._Detection = norfair.Detection
         self._ids: dict = {}  # norfair's id -> ours
@@ -263,16 +255,6 @@ class PeopleTracker:
         self._last_frame = None
 
     # -- distances ---------------------------------------------------------------------
-    def _keypoint_distance(self, detection, tracked) -> float:
-        """Confidence-weighted mean keypoint distance / box diagonal, detection to track."""
-        weight = np.where((detection.scores > self.keypoint_threshold) & tracked.detected_at_least_once_points,
-                          detection.scores, 0.0)
-        if weight.sum() <= 0:
-            return np.inf
-        error = np.linalg.norm(detection.points - tracked.estimate, axis=1)
-        scale = max(detection.data["diagonal"], tracked.last_detection.data["diagonal"], 1.0)
-        return float((weight * error).sum() / weight.sum() / scale)
-
     def _track_appearance(self, tracked):
         """A track's running mean embedding (trusted), else its last detection's (trusted if
         that detection was clear of the others); None without frames."""
@@ -297,8 +279,11 @@ class PeopleTracker:
         return distance + self.appearance_weight * colours
 
     def _distances(self, tracks, detections) -> np.ndarray:
-        """(detections, tracks) matrix of `_distance`, the keypoint distances of all pairs at
-        once; colours are only looked at where the keypoints are near enough to match."""
+        """(detections, tracks) match costs: the confidence-weighted mean keypoint distance
+        (over the keypoints the track has seen) in box diagonals (the larger of the two), inf
+        where no keypoint counts, + appearance_weight x the colour distance (_with_appearance).
+        The keypoint distances of all pairs at once; colours only where those are near enough
+        to match."""
         out = np.full((len(detections), len(tracks)), np.inf)
         if not len(detections) or not len(tracks):
             return out
@@ -317,12 +302,6 @@ class PeopleTracker:
                                               theirs, trusted and detections[d].data["clean"])
         return out
 
-    def _distance(self, detection, tracked) -> float:
-        """Keypoint distance (in box diagonals) + appearance_weight x colour distance."""
-        theirs, trusted = self._track_appearance(tracked)
-        return self._with_appearance(self._keypoint_distance(detection, tracked), self.distance_threshold,
-                                     detection.embedding, theirs, trusted and detection.data["clean"])
-
     def _reid_position_distance(self, new, old) -> float:
         """A new track against a lost one: the offset of the new box's centre from where the
         lost one was last seen or from where its Kalman motion would have carried it,
@@ -338,7 +317,7 @@ class PeopleTracker:
         return float(offset / scale + abs(np.log(heights[0] / heights[1])))
 
     def _reid_distance(self, new, old) -> float:
-        """Position and size distance (see _reid_position_distance) + appearance, as _distance."""
+        """Position and size distance (see _reid_position_distance) + appearance, as _distances."""
         (mine, trusted), (theirs, sure) = self._track_appearance(new), self._track_appearance(old)
         return self._with_appearance(self._reid_position_distance(new, old), self.reid_distance_threshold,
                                      mine, theirs, trusted and sure)
