@@ -76,9 +76,9 @@ class TorchRasterizer:
         far = torch.minimum(hi.amax(0), torch.tensor([W - 1, H - 1], dtype=hi.dtype, device=self.device))
         x0, y0 = (int(c) for c in corner.tolist())
         w, h = (int(c) + 1 for c in (far - corner).tolist())
-        lo = torch.maximum(lo, corner) - corner
-        hi = torch.minimum(hi, far) - corner
-        coeffs = self._planes(tri, lo + corner, rank, len(v))
+        lo, hi = torch.maximum(lo, corner), torch.minimum(hi, far)  # each face's box, clipped to the frame
+        coeffs = self._planes(tri, lo, rank, len(v))
+        lo, hi = lo - corner, hi - corner  # in the z-buffer's pixels
         head = (len(v) - 1 - rank) << (_DEPTH_BITS + _FACE_BITS)  # the key's top bits: nearer meshes first
         zbuf = torch.full((h * w,), _EMPTY, dtype=torch.int64, device=self.device)
         size = (hi - lo + 1).long()
