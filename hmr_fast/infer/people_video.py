@@ -42,11 +42,11 @@ from hmr_fast.render import simplified_faces
 from hmr_fast.rotations import rodrigues, rotmat_to_axis_angle
 
 from .frames import FrameReader
-from .overlay import MeshOverlay, draw_hud, draw_keypoints
+from .overlay import MeshOverlay, draw_keypoints
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
 from .pipeline import (DETECTION_EXPAND, BodyPoser, StopSignals, Timer, check_run_limits, close_run,
-                       frame_chunks, progress_bar, timing_summary)
+                       frame_chunks, frame_written, progress_bar, timing_summary)
 from .writer import ParamsRecorder, VideoSink
 
 MIN_KEYPOINT_SCORE = 0.2  # detected keypoints below this confidence do not pull the fit
@@ -210,12 +210,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
                 for tid, _ in people:
                     last_seen[tid] = t
                     seen_tracks.add(tid)
-                latency = time.perf_counter() - t0
-                draw_hud(frame, [f"{timer.fps:5.1f} FPS  {1000 * latency:6.1f} ms/frame  {len(people)} people",
-                                 f"{predictor.backend_name} on {predictor.device}"])
-                with stop.frame():
-                    sink.write(frame)
-                    timer.frame_done(latency)
+                with frame_written(frame, f"{len(people)} people", t0, timer, predictor, sink, stop):
                     if recorder is not None:
                         for row in rows:
                             recorder.add(frame=index, **row)

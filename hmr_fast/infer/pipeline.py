@@ -17,6 +17,7 @@ from hmr_fast.body import SMPL
 from hmr_fast.camera import vertices_to_pixels
 
 from .frames import UNREADABLE_NAMED, FrameReader
+from .overlay import draw_hud
 
 DETECTION_EXPAND = 1.2  # a detector's tight box -> the training crops' 1.2x margin
 # The model `hmr-fast video` and `demo` run without --checkpoint (assets/README.md: how it was made)
@@ -82,6 +83,20 @@ class Timer:
         if len(self.stamps) < 2:
             return 0.0
         return (len(self.stamps) - 1) / max(self.stamps[-1] - self.stamps[0], 1e-9)
+
+
+@contextlib.contextmanager
+def frame_written(frame, detail: str, t0: float, timer: Timer, predictor, sink, stop: StopSignals):
+    """The HUD (FPS, this frame's ms since `t0`, `detail`, the backend), then the frame
+    written; the caller records the frame's rows inside the `with`, so a stop signal never
+    falls between the video and the npz."""
+    latency = time.perf_counter() - t0
+    draw_hud(frame, [f"{timer.fps:5.1f} FPS  {1000 * latency:6.1f} ms/frame  {detail}",
+                     f"{predictor.backend_name} on {predictor.device}"])
+    with stop.frame():
+        sink.write(frame)
+        timer.frame_done(latency)
+        yield
 
 
 def close_run(summary: dict, stop, reader: FrameReader, sink) -> None:

@@ -35,9 +35,9 @@ from hmr_fast.devices import cpu_threads, resolve_device, torch_threads
 from hmr_fast.rotations import rotmat_to_axis_angle
 
 from .frames import FrameReader
-from .overlay import MeshOverlay, draw_box, draw_hud, draw_keypoints
+from .overlay import MeshOverlay, draw_box, draw_keypoints
 from .pipeline import (DETECTION_EXPAND, SHIPPED_CHECKPOINT, BodyPoser, StopSignals, Timer, check_run_limits,
-                       close_run, frame_chunks, progress_bar, timing_summary)
+                       close_run, frame_chunks, frame_written, progress_bar, timing_summary)
 from .predictor import Predictor
 from .smoothing import ParameterSmoother
 from .tracking import KeypointTracker, MotionDetector, pick_detection
@@ -143,12 +143,7 @@ def _run_video(cfg: VideoConfig, predictor: Optional[Predictor], log, threads: O
                 if cfg.draw_keypoints:
                     draw_keypoints(frame, keypoints_px[i])
                 draw_box(frame, boxes[i])
-                latency = time.perf_counter() - t0
-                draw_hud(frame, [f"{timer.fps:5.1f} FPS  {1000 * latency:6.1f} ms/frame  batch {len(chunk)}",
-                                 f"{predictor.backend_name} on {predictor.device}"])
-                with stop.frame():
-                    sink.write(frame)
-                    timer.frame_done(latency)
+                with frame_written(frame, f"batch {len(chunk)}", t0, timer, predictor, sink, stop):
                     if recorder is not None:
                         _record(recorder, index, times[i], params, raw, boxes, keypoints_px, joints3d, i)
                 if show:
