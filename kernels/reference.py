@@ -18,12 +18,13 @@ kernels' tensor layouts, so each op can be tested on its own against plain torch
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
 from hmr_fast.camera import project_weak_perspective
-from hmr_fast.rotations import _SMALL_ANGLE_SQ, rodrigues, rot6d_to_rotmat
+from hmr_fast.rotations import rodrigues, rot6d_to_rotmat
 
 __all__ = ["rodrigues", "rodrigues_fast", "rot6d_to_rotmat", "project_weak_perspective", "KinematicTree", "kinematic_tree",
            "pose_features", "blend_shapes", "rest_joints", "kinematic_chain", "skinning_transforms", "skin",
@@ -57,13 +58,17 @@ def kinematic_tree(parents) -> KinematicTree:
 
 def rodrigues_fast(axis_angle: torch.Tensor) -> torch.Tensor:
     """`rodrigues` (axis-angle (..., 3) -> (..., 3, 3)) with a written-out backward: the same
-    values (R = cos(t) I + a K + b w w^T, a = sin(t)/t, b = (1 - cos t)/t^2, with the same
-    Taylor series below the same angle), in a few ops where autograd's backward of
-    `rodrigues` runs some forty small ones. What SMPL's reference forward uses."""
+    values to rounding (R = cos(t) I + a K + b w w^T, a = sin(t)/t, b = (1 - cos t)/t^2, both
+    from sin(t/2)/(t/2), which needs no series at small angles), in a score of ops where
+    `rodrigues` runs some fifty and autograd's backward of it some forty more. What SMPL's
+    reference forward uses."""
     if _traced():
         return rodrigues(axis_angle)
     return _Rodrigues.apply(axis_angle)
 
+
+# R's nine entries as rows of the table [c, a w0, a w1, a w2, -a w0, -a w1, -a w2].
+_RODRIGUES_SLOTS = [0, 6, 2, 3, 0, 4, 5, 1, 0]
 
 # Below this squared angle the derivatives of a and b come from their series: their closed
 # forms, (cos t - a) / 2t^2 and (a - 2b) / 2t^2, cancel to a few digits in float32 there.
@@ -80,21 +85,19 @@ class _Rodrigues(torch.autograd.Function):
         n = w.dim()
         wc = w.permute(tuple(range(n - 1, -1, -1))).contiguous()  # (3, ...batch reversed)
         t2 = (wc * wc).sum(0)
-        small = t2 < _SMALL_ANGLE_SQ
-        safe = torch.where(small, torch.ones_like(t2), t2)
-        t = safe.sqrt()
-        a = torch.where(small, 1 - t2 / 6 + t2 ** 2 / 120, torch.sin(t) / t)
-        b = torch.where(small, 0.5 - t2 / 24 + t2 ** 2 / 720, (1 - torch.cos(t)) / safe)
+        half = t2.sqrt().mul_(0.5)  # t / 2
+        # With h = sin(t/2) / (t/2) (torch.sinc: 1 at t = 0): a = h cos(t/2) and
+        # b = 2 sin^2(t/2) / t^2 = h^2 / 2, neither of which cancels at small angles.
+        h = torch.sinc(half * (1 / math.pi))
+        a = h * torch.cos(half)
+        b = h.square().mul_(0.5)
         c = 1 - b * t2  # cos t
-        R = wc[:, None] * (b * wc)[None, :]  # b w w^T, then + c I + a K
-        R.diagonal(0, 0, 1).add_(c.unsqueeze(-1))
+        # R = b w w^T + c I + a K: the outer product, plus the diagonal and K's six entries
+        # picked from one (7, ...) table [c, a w, -a w].
         aw = a * wc
-        R[0, 1] -= aw[2]
-        R[0, 2] += aw[1]
-        R[1, 0] += aw[2]
-        R[1, 2] -= aw[0]
-        R[2, 0] -= aw[1]
-        R[2, 1] += aw[0]
+        table = torch.cat([c.unsqueeze(0), aw, -aw])
+        R = wc[:, None] * (b * wc)[None, :]
+        R += table[_RODRIGUES_SLOTS].view(R.shape)
         ctx.save_for_backward(wc, t2, a, b, c)
         return R.permute(tuple(range(n, 1, -1)) + (0, 1))
 
