@@ -235,13 +235,13 @@ def _chain_plan(parents, levels, dtype, device) -> _ChainPlan:
 
 def _matmul3(a, b, out=None, accumulate=False):
     """Products of 3x3 matrices stored component-major, (3, 3, ...batch), with the batch
-    contiguous: three fused multiply-adds that vectorise along the batch (bmm loops over tiny
-    matrices one by one, and elementwise ops along a last dimension of 3 do not vectorise)."""
-    if accumulate:
-        out.addcmul_(a[:, 0:1], b[0:1])
-    else:
-        out = torch.mul(a[:, 0:1], b[0:1], out=out)
-    return out.addcmul_(a[:, 1:2], b[1:2]).addcmul_(a[:, 2:3], b[2:3])
+    contiguous: ops that vectorise along the batch (bmm loops over tiny matrices one by one,
+    and elementwise ops along a last dimension of 3 do not vectorise). A product is one
+    broadcast multiply and a sum (fewest ops: the chain at small batches is all per-op
+    overhead); accumulating into `out` is three in-place multiply-adds."""
+    if not accumulate:
+        return torch.sum(a.unsqueeze(2) * b.unsqueeze(0), 1, out=out)
+    return out.addcmul_(a[:, 0:1], b[0:1]).addcmul_(a[:, 1:2], b[1:2]).addcmul_(a[:, 2:3], b[2:3])
 
 
 def _matvec3(m, v, out=None):
