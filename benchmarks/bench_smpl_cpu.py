@@ -30,10 +30,14 @@ import pytest
 import torch
 
 from hmr_fast import SMPL
+from hmr_fast.kernels.reference import rodrigues
 
 BATCHES = (1, 8, 64, 512)
 LOADED = os.environ.get("HMR_BENCH_LOADED") == "1"
 IMPLS = ("smplx", "smplfitter", "body-models", "body-models-warp", "reference", "reference-compiled")
+# Not a body model: the pose-corrective GEMM alone, pose features (B, 207) @ posedirs (207, 3 x 6890)
+# as one plain torch.matmul into a fresh output, the floor the forward is compared with.
+FLOOR = "floor-corrective-gemm"
 JOINT_IMPLS = IMPLS + ("reference-hmr19",)
 
 
@@ -96,6 +100,8 @@ def _build(impl, data, smplx_dir):
         return BodyModelsSMPL(model_path=pkl)
     if impl.startswith("reference"):
         return SMPL(model_path=data, backend="reference", compile=impl == "reference-compiled")
+    if impl == FLOOR:
+        return torch.as_tensor(data.posedirs.reshape(-1, data.posedirs.shape[-1]).T.copy(), dtype=torch.float32)
     raise ValueError(impl)
 
 
@@ -111,6 +117,8 @@ def _inputs(batch, requires_grad=False):
 def _run(impl, layer, inputs, vertices=True):
     """(vertices or None, joints) of one forward, each implementation through its own API."""
     b, pose, go, t = inputs["betas"], inputs["body_pose"], inputs["global_orient"], inputs["transl"]
+    if impl == FLOOR:
+        return (inputs["pose_features"] @ layer).view(b.shape[0], -1, 3), None
     if impl == "smplx":
         out = layer(**inputs)
         return out.vertices, out.joints
@@ -135,9 +143,11 @@ def _cases(impls):
     return [(batch, impl) for batch in BATCHES for impl in impls]  # interleaved: every impl per batch
 
 
-@pytest.mark.parametrize("batch, impl", _cases(IMPLS))
+@pytest.mark.parametrize("batch, impl", _cases(IMPLS + (FLOOR,)))
 def test_forward(benchmark, layers, impl, batch):
     layer, inputs = _layer(layers, impl), _inputs(batch)
+    if impl == FLOOR:  # the GEMM's input: R - I of the 23 body rotations
+        inputs["pose_features"] = (rodrigues(inputs["body_pose"].view(batch, 23, 3)) - torch.eye(3)).flatten(1)
     benchmark.group = f"forward B={batch}"
     benchmark.extra_info.update(impl=impl, batch=batch, mode="forward", loaded=LOADED,
                                 threads=torch.get_num_threads())
