@@ -297,9 +297,10 @@ def _global_rotations(R, plan):
 class _Chain(torch.autograd.Function):
     """(rot_mats (B, J, 3, 3), rest joints (B, J, 3)) -> (global rotations, posed joints).
 
-    Works component-major, rotations as (3, 3, J, B) and vectors as (3, J, B): a 3x3 product
-    is three multiply-adds along contiguous rows of samples, and the tree's constant matrices
-    (bones from joints, posed joints from rotated bones) are one GEMM each. Autograd through
+    Works with the batch innermost: rotations component-major, (3, 3, J, B), so a 3x3 product
+    is a few ops along contiguous rows of samples; vectors joint-major, (J, 3, B), so the
+    tree's constant matrices (bones from joints, posed joints from rotated bones) are one 2D
+    GEMM each (the backward reads the bones component-major, a view). Autograd through
     the level loop would zero-fill and scatter a gradient per level and per gather; this
     backward runs the same loop in reverse, accumulating in place: positions: gP = A^T g_t
     (A the ancestor matrix), g_bone_j = G_parent(j)^T gP_j, gG_parent(j) += gP_j bone_j^T;
@@ -312,15 +313,17 @@ class _Chain(torch.autograd.Function):
         plan = _chain_plan(parents, levels, rot_mats.dtype, rot_mats.device)
         R = _component_major(rot_mats, 2)  # (3, 3, J, B)
         G = _global_rotations(R, plan)
-        bones = torch.matmul(plan.bones_map, _component_major(joints, 1))  # (3, J, B): J_j - J_parent(j)
-        G_parent = G[:, :, plan.parent_index]  # (3, 3, J - 1, B)
-        rotated = torch.empty_like(bones)
-        rotated[:, 0] = bones[:, 0]
-        _matvec3(G_parent, bones[:, 1:], out=rotated[:, 1:])
-        posed = torch.matmul(plan.ancestors, rotated)
-        ctx.save_for_backward(R, G_parent, bones)
+        B, J = joints.shape[:2]
+        # Vectors joint-major, (J, 3, B): the tree's constant matrices apply as plain 2D GEMMs.
+        bones = torch.mm(plan.bones_map, joints.permute(1, 2, 0).reshape(J, 3 * B)).view(J, 3, B)
+        G_parent = G.index_select(2, plan.parent_index)  # (3, 3, J - 1, B)
+        rotated = torch.empty_like(bones)  # G_parent(j) (J_j - J_parent(j)); the root's bone as it is
+        rotated[0] = bones[0]
+        torch.sum(G_parent * bones[1:].transpose(0, 1), 1, out=rotated[1:].transpose(0, 1))
+        posed = torch.mm(plan.ancestors, rotated.view(J, 3 * B)).view(J, 3, B)
+        ctx.save_for_backward(R, G_parent, bones.transpose(0, 1))
         ctx.plan = plan
-        return G.permute(3, 2, 0, 1), posed.permute(2, 1, 0).contiguous()
+        return G.permute(3, 2, 0, 1), posed.permute(2, 0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, grad_G, grad_posed):
