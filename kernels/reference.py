@@ -510,7 +510,10 @@ def regress_joints(posed_joints, support_vertices, chain_index, vertex_regressor
     regressor row j applied to the posed support vertices (B, S, 3); vertex_regressor is
     (J, S) and zero on chain rows.
     """
-    from_vertices = torch.einsum("js,bsc->bjc", vertex_regressor, support_vertices)  # one GEMM, not B
+    B, S = support_vertices.shape[:2]
+    # One 2D GEMM for the whole batch (einsum's planning alone cost as much at small batches).
+    flat = support_vertices.transpose(0, 1).reshape(S, 3 * B)
+    from_vertices = torch.mm(vertex_regressor, flat).view(vertex_regressor.shape[0], B, 3).transpose(0, 1)
     from_chain = posed_joints[:, chain_index.clamp(min=0)]
     return torch.where((chain_index >= 0)[None, :, None], from_chain, from_vertices)
 
