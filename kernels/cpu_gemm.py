@@ -31,7 +31,8 @@ def usable(blend_dirs: torch.Tensor) -> bool:
     traced or compiled graph: the compiler asks first, and does not trace the oneDNN check)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    return blend_dirs.device.type == "cpu" and blend_dirs.dtype == torch.float32 and _ONEDNN
+    return (blend_dirs.device.type == "cpu" and blend_dirs.dtype == torch.float32 and _ONEDNN
+            and torch._C._get_mkldnn_enabled())  # torch.backends.mkldnn.enabled, which a user may turn off
 
 
 def blend_planes(coeffs, template, blend_dirs):
@@ -43,8 +44,14 @@ def blend_planes(coeffs, template, blend_dirs):
     return out.view(coeffs.shape[0], 3, -1).transpose(0, 1)
 
 
+def _version(t):
+    """In-place edits bump a tensor's version; inference tensors (made under inference_mode)
+    keep none, and can be edited only inside inference_mode: their edits go unseen here."""
+    return None if t.is_inference() else t._version
+
+
 def _packed(template, blend_dirs):
-    key = (blend_dirs._version, template.data_ptr(), template._version)
+    key = (_version(blend_dirs), template.data_ptr(), _version(template))
     entry = _PACKED.get(id(blend_dirs))
     if entry is None or entry[0]() is not blend_dirs or entry[1] != key:
         C, N = blend_dirs.shape[1:]

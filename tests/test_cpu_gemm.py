@@ -97,10 +97,13 @@ def test_packed_cache_lets_go_of_a_freed_model(mannequin_data):
     assert key not in cpu_gemm._PACKED
 
 
-def test_not_used_while_compiling_or_tracing():
+def test_not_used_while_compiling_or_tracing_or_turned_off():
     dirs = torch.zeros(3, 8, 5)
     assert cpu_gemm.usable(dirs)
     assert not cpu_gemm.usable(dirs.double())
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not cpu_gemm.usable(dirs)
+    assert cpu_gemm.usable(dirs)
     seen = []
 
     def f(x):
@@ -112,3 +115,15 @@ def test_not_used_while_compiling_or_tracing():
     seen.clear()
     torch.compile(f, backend="eager", fullgraph=True)(torch.zeros(2))
     assert seen and not any(seen)
+
+
+def test_a_model_made_under_inference_mode(mannequin_data, spy):
+    """Buffers made under torch.inference_mode carry no version counter: the packed path still
+    runs, and matches the plain GEMM."""
+    inputs = _inputs(3)
+    with torch.inference_mode():
+        layer = SMPL(model_path=mannequin_data, backend="reference")
+        got = layer(**inputs).vertices
+    assert spy == [3]
+    plain = torch.cat([layer(**{k: v[i:i + 1] for k, v in inputs.items()}).vertices for i in range(3)])
+    assert (got - plain).abs().max() < 2e-6
