@@ -123,7 +123,17 @@ def test_detecting_every_third_frame_follows_people_between(crowd, tmp_path):
     assert np.isfinite(params["keypoints2d_fit"][followed]).any()
 
 
-def test_people_of_several_frames_share_one_hmr_call(crowd, tmp_path):
+# Without the fit the rows are HMR's, equal to float rounding (a batched convolution sums in
+# another order). A 10-iteration fit amplifies that rounding chaotically in its weakest
+# directions, shape and joints the keypoints barely see (measured: betas up to 0.11, a collar
+# up to 2.5e-3 rad, fitted keypoints 0.08 px): bounds well below what a frame's people mixed
+# up or fitted from another frame's start would give (tenths of radians, pixels).
+ROW_TOLERANCES = {0: dict(body_pose=1e-5, global_orient=1e-5, camera=1e-5, betas=1e-5, keypoints2d_fit=1e-3),
+                  10: dict(body_pose=1e-2, global_orient=5e-3, camera=5e-3, betas=0.25, keypoints2d_fit=0.25)}
+
+
+@pytest.mark.parametrize("refine", sorted(ROW_TOLERANCES))
+def test_people_of_several_frames_share_one_hmr_call(crowd, tmp_path, refine):
     """--batch 5: the people of 5 frames go through HMR in one call; frame by frame the
     tracks, the fit and the rows are what one frame per call gives."""
     pytest.importorskip("norfair")
@@ -139,7 +149,7 @@ def test_people_of_several_frames_share_one_hmr_call(crowd, tmp_path):
         predictor.run_batches = lambda c, calls=calls, run=run_batches: calls.append(len(c)) or run(c)
         folder = tmp_path / f"b{batch}"
         folder.mkdir()
-        summary, params = _run(crowd_dir, folder, TruthDetector(gt), 10, predictor, batch=batch)
+        summary, params = _run(crowd_dir, folder, TruthDetector(gt), refine, predictor, batch=batch)
         runs[batch] = calls, summary, params
     (calls1, summary1, one), (calls5, summary5, five) = runs[1], runs[5]
     assert len(calls5) == 6 and sum(calls5) == sum(calls1) == len(one["frame"])
@@ -147,10 +157,7 @@ def test_people_of_several_frames_share_one_hmr_call(crowd, tmp_path):
     assert summary5["frames"] == 30 and summary5["people_rows"] == summary1["people_rows"]
     for key in ("frame", "track_id", "followed"):
         assert np.array_equal(one[key], five[key]), key
-    # the same to float rounding (a batched convolution sums in another order), which the
-    # fit's weakest shape directions amplify most
-    for key, atol in (("body_pose", 2e-3), ("global_orient", 2e-3), ("camera", 2e-3), ("betas", 0.05),
-                      ("keypoints2d_fit", 0.1)):
+    for key, atol in ROW_TOLERANCES[refine].items():
         assert np.allclose(one[key], five[key], atol=atol, equal_nan=True), key
 
 
