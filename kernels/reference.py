@@ -4,9 +4,11 @@ Each function is one step of SMPL (Loper et al. 2015) as smplx's `lbs.py` names 
 cheaper forms than smplx's:
 - joints are linear in the betas, so the rest joints never touch the vertices;
 - transforms are 3x4 (rotation, translation), never homogeneous 4x4;
-- the kinematic chain runs level by level over Python-int parents (SMPL's tree has 9 levels),
-  so nothing reads an index back from the device;
-- shape and pose blend shapes are one GEMM over [betas, pose features];
+- the kinematic chain composes rotations only, level by level over Python-int parents (SMPL's
+  tree has 9 levels), or by pointer doubling at small batches, so nothing reads an index back
+  from the device;
+- shape and pose blend shapes are one GEMM over [betas, pose features] (on the CPU at small
+  batches without gradients, oneDNN's with the matrix packed once: cpu_gemm.py);
 - joint sets regress from only the vertices in their support, so a joints-only forward
   (the training case) poses a few hundred vertices instead of 6890.
 Everything is differentiable, in float32 and float64. The rotation maps are in
@@ -151,7 +153,9 @@ def kinematic_chain(rot_mats, joints, parents, levels):
     of ints; levels a tuple of tuples of joint indices, root level first (`kinematic_tree`).
     Joint j's local transform is [R_j | J_j - J_parent] ([R_0 | J_0] for the root). Only the
     rotations need the chain: G_j = G_parent R_j, one batched 3x3 product per level (a joint's
-    parent is always on the level just above it). The posed joints are then linear in the
+    parent is always on the level just above it), or up to DOUBLING_BATCH samples, where per-op
+    overhead is the cost, four rounds of G_j <- G_ancestor(j) G_j over all joints with the
+    ancestor 1, 2, 4, 8 levels up (pointer doubling). The posed joints are then linear in the
     rotated bones, t_j = sum over j's ancestors-or-self k of G_parent(k) (J_k - J_parent(k)),
     which is one product with the tree's (24, 24) ancestor matrix; nothing is 4x4, and the
     backward (`_Chain`) is written out rather than left to autograd. Returns (global
