@@ -4,12 +4,13 @@
 [shapedirs; posedirs] (C = 224 rows of 3 x 6890 columns, 18.5 MB in float32). At a few samples
 MKL's GEMM behind torch.matmul re-packs that matrix on every call and runs far below the
 core's peak; oneDNN's linear with the weight packed ahead of time (the op behind Inductor's
-CPU weight prepacking) does not. Measured on one thread of the 2-core EPYC: 1.4-2.1 ms
-against 2.5-2.9 ms at B = 8, 8.5 against 9-12 ms at B = 64 (benchmarks/results/cpu_smpl.md).
+CPU weight prepacking) does not. Measured on one thread of the 2-core EPYC, the GEMM alone:
+1.4 against 2.5-2.7 ms at B = 8, 8.5 against 9-12 ms at B = 64; the whole forward 1.3x faster
+at B = 4 and 8 (1.2-1.3x with 2 threads), 1.03-1.08x at 16 to 64.
 
 Used by `reference.pose_vertices` for float32 CPU tensors when torch has oneDNN (x86 and
-most aarch64 wheels) and no gradient is wanted (inference: under autograd the backward's own
-GEMMs were as slow as the forward's saving); elsewhere, and inside traced or compiled
+most aarch64 wheels) and no gradient is wanted (with a hand-written backward, forward and
+backward together ran slower from B = 32 on); elsewhere, and inside traced or compiled
 graphs, the plain GEMM runs.
 The packed weight is an opaque oneDNN tensor: it lives in a cache beside the blend
 directions (never in a module's state), and is rebuilt when they change.
