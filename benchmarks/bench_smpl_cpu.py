@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from hmr_fast import SMPL
-from hmr_fast.kernels.reference import rodrigues
+from hmr_fast.kernels.reference import pose_features, rodrigues
 
 BATCHES = (1, 8, 64, 512)
 LOADED = os.environ.get("HMR_BENCH_LOADED") == "1"
@@ -147,7 +147,8 @@ def _cases(impls):
 def test_forward(benchmark, layers, impl, batch):
     layer, inputs = _layer(layers, impl), _inputs(batch)
     if impl == FLOOR:  # the GEMM's input: R - I of the 23 body rotations
-        inputs["pose_features"] = (rodrigues(inputs["body_pose"].view(batch, 23, 3)) - torch.eye(3)).flatten(1)
+        full_pose = torch.cat([inputs["global_orient"], inputs["body_pose"]], 1).view(batch, 24, 3)
+        inputs["pose_features"] = pose_features(rodrigues(full_pose))
     benchmark.group = f"forward B={batch}"
     benchmark.extra_info.update(impl=impl, batch=batch, mode="forward", loaded=LOADED,
                                 threads=torch.get_num_threads())
