@@ -23,7 +23,7 @@ setup(
         "hmr_fast.training",
     ],
     package_dir={"hmr_fast.kernels": "kernels", "hmr_fast.training": "training"},
-    package_data={"hmr_fast.training": ["configs/*.yaml"], "hmr_fast": ["assets/*"]},
+    package_data={"hmr_fast.training": ["configs/*.yaml"], "hmr_fast": ["assets/*"], "hmr_fast.kernels": ["*.c"]},
     install_requires=[
         "torch>=2.11",
         "torchvision>=0.26",

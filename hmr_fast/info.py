@@ -31,6 +31,7 @@ def collect() -> dict:
     ok, why = _triton_status(triton_dev)
     backends = {
         "smpl/reference": (True, "pure torch, any device"),
+        "smpl/reference cpu skinning": _cpu_skin_status(),
         f"smpl/triton ({triton_dev.type})": (ok, why),
         "infer/onnxruntime": _import_status("onnxruntime"),
         "infer/tensorrt": _import_status("tensorrt", hint="pip install 'hmr_fast[trt]' (needs NVIDIA's index)"),
@@ -45,6 +46,13 @@ def collect() -> dict:
         "backends": backends,
         "env": {"TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "")},
     }
+
+
+def _cpu_skin_status() -> tuple:
+    from hmr_fast.kernels import cpu_skin
+
+    line = cpu_skin.status()
+    return line.startswith("compiled"), line
 
 
 def _import_status(module: str, hint: str = "") -> tuple:

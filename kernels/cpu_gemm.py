@@ -12,18 +12,15 @@ Used by `reference.pose_vertices` for float32 CPU tensors when torch has oneDNN 
 most aarch64 wheels) and no gradient is wanted (with a hand-written backward, forward and
 backward together ran slower from B = 32 on); elsewhere, and inside traced or compiled
 graphs, the plain GEMM runs.
-The packed weight is an opaque oneDNN tensor: it lives in a cache beside the blend
-directions (never in a module's state), and is rebuilt when they change.
+The packed weight is an opaque oneDNN tensor: it lives in `derived`'s cache beside the blend
+directions (never in a module's state), and is rebuilt when they or the template change.
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 
-# id(blend_dirs) -> (a weak reference to it, what it was packed from, packed weight, bias); an
-# entry goes when its tensor does (tensors compare elementwise, so they cannot key a WeakKeyDictionary).
-_PACKED: dict = {}
+from .derived import derived
+
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -40,24 +37,14 @@ def blend_planes(coeffs, template, blend_dirs):
     """`reference.blend_shapes` by oneDNN: coeffs (B, C), template (N, 3), blend_dirs
     (3, C, N) -> (3, B, N) coordinate planes (a view of a (B, 3, N) tensor). Forward only (the
     op has no autograd formula): call where `usable(blend_dirs)` and nothing needs a gradient."""
-    weight, bias = _packed(template, blend_dirs)
+    weight, bias = derived("cpu_gemm", blend_dirs, _pack, template)
     out = torch.ops.mkldnn._linear_pointwise(coeffs.contiguous(), weight, bias, "none", [], "")
     return out.view(coeffs.shape[0], 3, -1).transpose(0, 1)
 
 
-def _version(t):
-    """In-place edits bump a tensor's version; inference tensors (made under inference_mode)
-    keep none, and can be edited only inside inference_mode: their edits go unseen here."""
-    return None if t.is_inference() else t._version
-
-
-def _packed(template, blend_dirs):
-    key = (_version(blend_dirs), template.data_ptr(), _version(template))
-    entry = _PACKED.get(id(blend_dirs))
-    if entry is None or entry[0]() is not blend_dirs or entry[1] != key:
-        C, N = blend_dirs.shape[1:]
-        weight = blend_dirs.permute(0, 2, 1).reshape(3 * N, C).contiguous()  # rows: (coordinate, vertex)
-        ref = weakref.ref(blend_dirs, lambda _, i=id(blend_dirs): _PACKED.pop(i, None))
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight)
-        entry = _PACKED[id(blend_dirs)] = (ref, key, packed, template.t().reshape(3 * N).contiguous())
-    return entry[2], entry[3]
+def _pack(blend_dirs, template):
+    """oneDNN's packed weight for blend_dirs (3, C, N) and the template as its bias, both with
+    rows in (coordinate, vertex) order."""
+    C, N = blend_dirs.shape[1:]
+    weight = blend_dirs.permute(0, 2, 1).reshape(3 * N, C).contiguous()
+    return torch.ops.mkldnn._reorder_linear_weight(weight), template.t().reshape(3 * N).contiguous()

@@ -28,7 +28,7 @@ import torch
 from hmr_fast.camera import project_weak_perspective
 from hmr_fast.rotations import rodrigues, rot6d_to_rotmat
 
-from . import cpu_gemm
+from . import cpu_gemm, cpu_skin
 
 __all__ = ["rodrigues", "rodrigues_fast", "rot6d_to_rotmat", "project_weak_perspective", "KinematicTree", "kinematic_tree",
            "pose_features", "blend_shapes", "rest_joints", "kinematic_chain", "skinning_transforms", "skin",
@@ -489,12 +489,22 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights, 
         step = max(1, chunk_vertex_samples() // max(batch, 1))
     coeffs = torch.cat([betas, pose_feats], dim=1)
     coeffs = torch.nn.functional.pad(coeffs, (0, blend_dirs.shape[1] - coeffs.shape[1]))  # to the zero rows
+    no_grad = not (torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (coeffs, transforms, template, blend_dirs, weights, transl)))
+    packed = PACKED_GEMM_BATCHES[0] <= batch <= PACKED_GEMM_BATCHES[1] and no_grad and cpu_gemm.usable(blend_dirs)
+    planes = cpu_gemm.blend_planes(coeffs, template, blend_dirs) if packed else None
+    if no_grad and cpu_skin.usable(template, blend_dirs, transforms, weights, *([] if transl is None else [transl]),
+                                   joints=weights.shape[1]):
+        # Blend shapes (the packed GEMM: the whole mesh at once), then the fused skinning writes
+        # each chunk's vertices into place.
+        out = template.new_empty(batch, num, 3)
+        for start in range(0, num, num if packed else step):
+            end = min(num, start + step)
+            v_posed = planes if packed else blend_shapes(coeffs, template[start:end], blend_dirs[:, :, start:end])
+            cpu_skin.skin(v_posed, transforms, weights, transl, out, start)
+        return out
     rows = rows_of_transforms(transforms)
     shift = None if transl is None else transl.t().contiguous().unsqueeze(-1)
-    packed = (PACKED_GEMM_BATCHES[0] <= batch <= PACKED_GEMM_BATCHES[1] and cpu_gemm.usable(blend_dirs)
-              and not (torch.is_grad_enabled() and (coeffs.requires_grad or template.requires_grad
-                                                    or blend_dirs.requires_grad)))
-    planes = cpu_gemm.blend_planes(coeffs, template, blend_dirs) if packed else None
     chunks = []
     for start in range(0, num, step):
         end = min(num, start + step)

@@ -5,7 +5,7 @@ import smplx
 import torch
 
 from hmr_fast import SMPL
-from hmr_fast.kernels import cpu_gemm, reference
+from hmr_fast.kernels import cpu_gemm, derived, reference
 
 pytestmark = pytest.mark.skipif(not cpu_gemm.usable(torch.zeros(1)), reason="torch built without oneDNN")
 
@@ -91,10 +91,10 @@ def test_packed_cache_lets_go_of_a_freed_model(mannequin_data):
     layer = SMPL(model_path=mannequin_data, backend="reference")
     with torch.no_grad():
         layer(**_inputs(3))
-    key = id(layer.blend_dirs)
-    assert key in cpu_gemm._PACKED
+    key = ("cpu_gemm", id(layer.blend_dirs))
+    assert key in derived._CACHE
     del layer
-    assert key not in cpu_gemm._PACKED
+    assert key not in derived._CACHE
 
 
 def test_not_used_while_compiling_or_tracing_or_turned_off():
