@@ -31,7 +31,7 @@ def collect() -> dict:
     ok, why = _triton_status(triton_dev)
     backends = {
         "smpl/reference": (True, "pure torch, any device"),
-        "smpl/reference cpu skinning": _cpu_skin_status(),
+        "smpl/reference C loops (cpu)": _cpu_kernels_status(),
         f"smpl/triton ({triton_dev.type})": (ok, why),
         "infer/onnxruntime": _import_status("onnxruntime"),
         "infer/tensorrt": _import_status("tensorrt", hint="pip install 'hmr_fast[trt]' (needs NVIDIA's index)"),
@@ -48,10 +48,10 @@ def collect() -> dict:
     }
 
 
-def _cpu_skin_status() -> tuple:
-    from hmr_fast.kernels import cpu_skin
+def _cpu_kernels_status() -> tuple:
+    from hmr_fast.kernels import cpu
 
-    line = cpu_skin.status()
+    line = cpu.status()
     return line.startswith("compiled"), line
 
 

@@ -28,7 +28,7 @@ import torch
 from hmr_fast.camera import project_weak_perspective
 from hmr_fast.rotations import rodrigues, rot6d_to_rotmat
 
-from . import cpu_gemm, cpu_skin
+from . import cpu, cpu_gemm
 
 __all__ = ["rodrigues", "rodrigues_fast", "rot6d_to_rotmat", "project_weak_perspective", "KinematicTree", "kinematic_tree",
            "pose_features", "blend_shapes", "rest_joints", "kinematic_chain", "skinning_transforms", "skin",
@@ -68,6 +68,8 @@ def rodrigues_fast(axis_angle: torch.Tensor) -> torch.Tensor:
     reference forward uses."""
     if _traced():
         return rodrigues(axis_angle)
+    if not (torch.is_grad_enabled() and axis_angle.requires_grad) and cpu.usable(axis_angle):
+        return cpu.rodrigues(axis_angle)
     return _Rodrigues.apply(axis_angle)
 
 
@@ -493,15 +495,15 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights, 
         t is not None and t.requires_grad for t in (coeffs, transforms, template, blend_dirs, weights, transl)))
     packed = PACKED_GEMM_BATCHES[0] <= batch <= PACKED_GEMM_BATCHES[1] and no_grad and cpu_gemm.usable(blend_dirs)
     planes = cpu_gemm.blend_planes(coeffs, template, blend_dirs) if packed else None
-    if no_grad and cpu_skin.usable(template, blend_dirs, transforms, weights, *([] if transl is None else [transl]),
-                                   joints=weights.shape[1]):
+    extra = [] if transl is None else [transl]
+    if no_grad and cpu.usable(template, blend_dirs, transforms, weights, *extra, joints=weights.shape[1]):
         # Blend shapes (the packed GEMM: the whole mesh at once), then the fused skinning writes
         # each chunk's vertices into place.
         out = template.new_empty(batch, num, 3)
         for start in range(0, num, num if packed else step):
             end = min(num, start + step)
             v_posed = planes if packed else blend_shapes(coeffs, template[start:end], blend_dirs[:, :, start:end])
-            cpu_skin.skin(v_posed, transforms, weights, transl, out, start)
+            cpu.skin(v_posed, transforms, weights, transl, out, start)
         return out
     rows = rows_of_transforms(transforms)
     shift = None if transl is None else transl.t().contiguous().unsqueeze(-1)
@@ -559,8 +561,11 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
         return None, smpl_joints(layer, betas, rot_mats, transl, joint_set)
     js = layer.joint_set_tensors(joint_set)
     joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
-    global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
-    transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
+    if _c_chain(layer, rot_mats, joints_rest):
+        transforms, posed_joints = cpu.chain(rot_mats, joints_rest, layer.parents)
+    else:
+        global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
+        transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
     feats = pose_features(rot_mats)
     vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights, transl)
     if not (vertices.requires_grad and betas.shape[0] >= REPOSE_SUPPORT_BATCH):
@@ -574,6 +579,12 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
         still_to_move = (1 - js.row_sums)[:, None] if support_moved else 1
         joints = joints + transl[:, None] * still_to_move
     return vertices, joints
+
+
+def _c_chain(layer, rot_mats, joints_rest) -> bool:
+    """Whether the chain runs as cpu.chain: nothing wants a gradient, and cpu can run it here."""
+    grad = torch.is_grad_enabled() and (rot_mats.requires_grad or joints_rest.requires_grad)
+    return not grad and cpu.usable(rot_mats, joints_rest) and cpu.chain_usable(layer.parents)
 
 
 def smpl_joints(layer, betas, rot_mats, transl, joint_set: str):

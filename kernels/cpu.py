@@ -1,20 +1,26 @@
-"""Linear blend skinning on the CPU in one pass over the vertices: a small C kernel
-(cpu_skin.c), compiled on first use by the machine's C compiler.
+"""The SMPL forward's small loops on the CPU as C (cpu.c), compiled on first use by the
+machine's C compiler, for calls that need no gradient (inference, drawing, a fit's final pose).
 
-`reference.skin`, its plain-torch twin, forms every vertex's blended transform (12 numbers per
-vertex and sample) as a GEMM over all 24 joints, writes it out, and reads it back to apply it.
-SMPL's skinning weights have 2-4 non-zeros per vertex, so this kernel takes the weights in
-sparse (CSR) form and, per vertex, blends and applies its few transforms in registers, adds the
-translation and writes the posed vertex interleaved, the layout the forward returns. Measured on
-one thread of the 2-core EPYC (skinning alone, the mannequin): 0.04 / 0.26 / 2.0 ms at B = 1 / 8
-/ 64 against 0.17 / 0.8 / 12.6 ms for `reference.skin` on the whole mesh.
+Eager PyTorch runs Rodrigues and the kinematic chain as a hundred-odd tiny ops (~0.4 ms at one
+sample, whatever the batch up to tens) and skinning as passes through memory. Here:
+- `rodrigues`: axis-angle -> rotation matrices, the formulas of `reference.rodrigues_fast`;
+- `chain`: the kinematic chain and skinning transforms (`reference.kinematic_chain` then
+  `reference.skinning_transforms`), joint by joint;
+- `skin`: linear blend skinning in one pass over the vertices. `reference.skin` forms every
+  vertex's blended transform (12 numbers per vertex and sample) as a GEMM over all 24 joints,
+  writes it out and reads it back to apply it; SMPL's skinning weights have 2-4 non-zeros per
+  vertex, so this takes them in sparse (CSR) form, blends and applies each vertex's few
+  transforms in registers, adds the translation and writes the posed vertex interleaved, the
+  layout the forward returns. Measured on one thread of the 2-core EPYC (skinning alone, the
+  mannequin): 0.04 / 0.26 / 2.0 ms at B = 1 / 8 / 64 against 0.17 / 0.8 / 12.6 ms for
+  `reference.skin` on the whole mesh.
 
-`reference.pose_vertices` uses it for CPU float32 and float64 when nothing needs a gradient
-(there is no backward here; training runs the torch path). The library is built once per
-machine into $HMR_FAST_CACHE (default ~/.cache/hmr_fast) with `$CC` (else cc, gcc or clang);
-without a compiler, or with ENABLED set False, the torch path runs and `status()` says why.
-ctypes releases the GIL during a call, so with several torch threads the samples (or, for one
-sample, the vertices) are split across a thread pool.
+`reference` calls these for CPU float32 and float64 tensors when nothing needs a gradient
+(there is no backward here; training runs the torch path) and outside traced or compiled graphs.
+The library is built once per machine into $HMR_FAST_CACHE (default ~/.cache/hmr_fast) with
+`$CC` (else cc, gcc or clang); without a compiler, or with ENABLED set False, the torch path runs
+and `status()` says why. ctypes releases the GIL during a call, so with several torch threads
+`skin` splits the samples (or, for one sample, the vertices) across a thread pool.
 """
 from __future__ import annotations
 
@@ -38,13 +44,19 @@ from .derived import derived
 # Set False to run the torch path everywhere (for comparisons; the results agree to rounding).
 ENABLED = True
 
+_MAX_JOINTS = 64  # MAX_JOINTS in cpu.c: the kernels keep a sample's joints on the stack
+
 # Vertices x samples below which a call stays on one thread: the handoff to the pool costs
 # tens of microseconds, the kernel ~5 ns per vertex and sample.
 PARALLEL_MIN = 65536
 
-_SOURCE = Path(__file__).with_name("cpu_skin.c")
+_SOURCE = Path(__file__).with_name("cpu.c")
 _POINTER, _LONG = ctypes.c_void_p, ctypes.c_long
-_ARGTYPES = [_LONG] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 6 + [_LONG]
+_ARGTYPES = {
+    "rodrigues": [_LONG, _POINTER, _POINTER],
+    "chain": [_LONG, _LONG] + [_POINTER] * 5,
+    "skin": [_LONG] * 5 + [_POINTER, _LONG, _LONG] + [_POINTER] * 6 + [_LONG],
+}
 
 
 def usable(*tensors: torch.Tensor, joints: int = 0) -> bool:
@@ -57,16 +69,49 @@ def usable(*tensors: torch.Tensor, joints: int = 0) -> bool:
         return False
     if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
         return False
-    lib = _library()[0]
-    return lib is not None and joints <= lib.max_joints()
+    return joints <= _MAX_JOINTS and _library()[0] is not None
 
 
 def status() -> str:
     """One line for `hmr-fast info`: where the library is, or why the torch path runs."""
     lib, detail = _library()
     if not ENABLED:
-        return "off (hmr_fast.kernels.cpu_skin.ENABLED is False)"
+        return "off (hmr_fast.kernels.cpu.ENABLED is False)"
     return f"compiled ({detail})" if lib is not None else f"unavailable, the torch path runs: {detail}"
+
+
+def _kernel(name, dtype):
+    return getattr(_library()[0], f"{name}_f32" if dtype == torch.float32 else f"{name}_f64")
+
+
+def rodrigues(axis_angle):
+    """(..., 3) axis-angle -> (..., 3, 3) rotation matrices, contiguous."""
+    w = axis_angle.contiguous()
+    R = w.new_empty(*w.shape[:-1], 3, 3)
+    _kernel("rodrigues", w.dtype)(w.numel() // 3, w.data_ptr(), R.data_ptr())
+    return R
+
+
+def chain(rot_mats, rest_joints, parents):
+    """(skinning transforms (B, J, 12), posed joints (B, J, 3)) from local rotations
+    (B, J, 3, 3) and rest joints (B, J, 3); parents a tuple with parents[j] < j (see
+    `chain_usable`)."""
+    B, J = rest_joints.shape[:2]
+    rot_mats, rest_joints = rot_mats.contiguous(), rest_joints.contiguous()
+    transforms, posed = rest_joints.new_empty(B, J, 12), rest_joints.new_empty(B, J, 3)
+    _kernel("chain", rest_joints.dtype)(B, J, _parents(parents).data_ptr(), rot_mats.data_ptr(),
+                                        rest_joints.data_ptr(), transforms.data_ptr(), posed.data_ptr())
+    return transforms, posed
+
+
+def chain_usable(parents) -> bool:
+    """The C chain walks joints in index order: every parent must come before its child."""
+    return len(parents) <= _MAX_JOINTS and parents[0] < 0 and all(0 <= p < j for j, p in enumerate(parents) if j)
+
+
+@functools.lru_cache(maxsize=64)
+def _parents(parents):
+    return torch.tensor(parents, dtype=torch.int32)
 
 
 def skin(planes, transforms, weights, transl, out, start=0):
@@ -80,13 +125,12 @@ def skin(planes, transforms, weights, transl, out, start=0):
     n = planes.shape[-1]
     if planes.stride(-1) != 1:
         planes = planes.contiguous()
-    lib, _ = _library()
-    if J > lib.max_joints():
-        raise ValueError(f"cpu_skin.skin: at most {lib.max_joints()} joints (see usable), got {J}")
-    rowptr, col, val = derived("cpu_skin", weights, _sparse_weights)
+    if J > _MAX_JOINTS:
+        raise ValueError(f"cpu.skin: at most {_MAX_JOINTS} joints (see usable), got {J}")
+    rowptr, col, val = derived("cpu.skin", weights, _sparse_weights)
     transforms = transforms.contiguous()
     shift = None if transl is None else transl.contiguous()
-    kernel = lib.skin_f32 if planes.dtype == torch.float32 else lib.skin_f64
+    kernel = _kernel("skin", planes.dtype)
     size = planes.element_size()
 
     def run(b0, b1, v0, v1):  # v0, v1: vertices of this chunk, 0 .. n
@@ -154,36 +198,40 @@ def _library():
     # -march=native only where the CPU is identified: the key then keeps a shared cache folder
     # (a cluster's home directory) from handing one machine's build to another.
     flags = ["-O3", "-fPIC", "-shared"] + (["-march=native"] if cpu else [])
+    libs = ["-lm"]
     key = hashlib.sha256(source + repr((compiler, flags, cpu, platform.machine())).encode()).hexdigest()[:16]
     folder = _cache_folder()
-    path = folder / f"cpu_skin-{key}.so"
+    path = folder / f"cpu-{key}.so"
     try:
         if not path.exists():
-            _compile(compiler, flags, path)
+            _compile(compiler, flags, libs, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as err:
         lines = str(err).strip().splitlines()
         reason = f"could not build {_SOURCE.name} with {compiler}: {lines[-1] if lines else type(err).__name__}"
-        warnings.warn(f"hmr_fast: {reason}; skinning on the CPU runs the slower torch path", stacklevel=3)
+        warnings.warn(f"hmr_fast: {reason}; the CPU forward runs the slower torch path", stacklevel=3)
         return None, reason
-    for name in ("skin_f32", "skin_f64"):
-        getattr(lib, name).argtypes = _ARGTYPES
-        getattr(lib, name).restype = None
     lib.max_joints.restype = ctypes.c_int
+    if lib.max_joints() != _MAX_JOINTS:
+        return None, f"{path} was built for {lib.max_joints()} joints, cpu.py expects {_MAX_JOINTS}"
+    for name, argtypes in _ARGTYPES.items():
+        for suffix in ("_f32", "_f64"):
+            getattr(lib, name + suffix).argtypes = argtypes
+            getattr(lib, name + suffix).restype = None
     return lib, str(path)
 
 
-def _compile(compiler, flags, path):
+def _compile(compiler, flags, libs, path):
     """Build into a temporary file beside `path`, then rename: another process building at the
     same moment never sees a half-written library."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True,
+        done = subprocess.run([compiler, *flags, "-o", tmp, str(_SOURCE), *libs], capture_output=True, text=True,
                               timeout=300)
         if done.returncode != 0 and "-march=native" in flags:  # a compiler without it (older Apple clang)
             flags = [f for f in flags if f != "-march=native"]
-            done = subprocess.run([compiler, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True,
+            done = subprocess.run([compiler, *flags, "-o", tmp, str(_SOURCE), *libs], capture_output=True, text=True,
                                   timeout=300)
         if done.returncode != 0:
             raise OSError(done.stderr or f"{compiler} exited with {done.returncode}")
