@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from conftest import random_model_data, write_smplx_model_dir
 from hmr_fast import SMPL
-from hmr_fast.kernels import reference
+from hmr_fast.kernels import cpu, reference
 from hmr_fast.body.joint_sets import SMPLX_EXTRA_VERTICES
 
 POSE_KINDS = ("random", "zero", "tiny", "near_pi")
@@ -427,9 +427,11 @@ def test_compiled_layer_matches_eager(mannequin_data, monkeypatch):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_compile_runs_only_where_it_pays_and_matches_eager(mannequin_data):
+def test_compile_runs_only_where_it_pays_and_matches_eager(mannequin_data, monkeypatch):
     """compile=True routes each call: compiled for small joints-only batches and the no-grad
-    one-sample forward with vertices, eager elsewhere (where eager measured faster)."""
+    one-sample forward with vertices (unless the C loops of kernels/cpu run it), eager
+    elsewhere (where eager measured faster)."""
+    monkeypatch.setattr(cpu, "ENABLED", False)
     layer = SMPL(model_path=mannequin_data, backend="reference", compile=True)
     eager_fn = reference.smpl_forward
     assert layer._reference("smpl_forward", 8, False) is not eager_fn
@@ -444,3 +446,7 @@ def test_compile_runs_only_where_it_pays_and_matches_eager(mannequin_data):
     torch.testing.assert_close(got.vertices, want.vertices, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.joints, want.joints, atol=1e-5, rtol=1e-5)
     assert SMPL(model_path=mannequin_data, backend="reference")._reference("smpl_forward", 1, False) is eager_fn
+    monkeypatch.setattr(cpu, "ENABLED", True)
+    if cpu.usable(layer.v_template):
+        with torch.no_grad():
+            assert layer._reference("smpl_forward", 1, True) is eager_fn

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hmr_fast import kernels
-from hmr_fast.kernels import reference
+from hmr_fast.kernels import cpu, reference
 
 from .joint_sets import JOINT_SET_SIZES, joint_set_rows
 from .mannequin import mannequin_path
@@ -228,7 +228,7 @@ class SMPL(nn.Module):
     def _reference(self, name: str, batch: int, return_verts: bool):
         """reference.<name>, torch.compile'd where that pays (compile=True; see COMPILE_PAYS)."""
         fn = getattr(reference, name)
-        if not self.compile or torch.compiler.is_compiling() or not _compile_pays(batch, return_verts):
+        if not self.compile or torch.compiler.is_compiling() or not _compile_pays(batch, return_verts, self.v_template):
             return fn
         compiled = _COMPILED.get(fn)
         if compiled is None:
@@ -265,16 +265,17 @@ class SMPL(nn.Module):
 _COMPILED: dict = {}  # reference function -> its torch.compile'd form, shared by layers
 # Where the compiled reference beat eager on the 2-core CPU (one thread; benchmarks/results/
 # cpu_smpl_peers_2026-12-02.md): joints-only calls of at most this many samples, and the
-# no-grad forward with vertices of one sample, where Python overhead dominates. Everywhere
-# else eager's hand-written backward and cache-sized vertex chunks were as fast or faster,
-# so compile=True runs eager there and is never slower than it.
+# no-grad forward with vertices of one sample where the C loops (kernels/cpu.py) cannot run,
+# where Python overhead dominates (with them, eager measured 1.00 against 1.16 ms compiled).
+# Everywhere else eager's hand-written backward and cache-sized vertex chunks were as fast or
+# faster, so compile=True runs eager there and is never slower than it.
 COMPILE_PAYS_BATCH = 8
 
 
-def _compile_pays(batch: int, return_verts: bool) -> bool:
+def _compile_pays(batch: int, return_verts: bool, like: torch.Tensor) -> bool:
     if not return_verts:
         return batch <= COMPILE_PAYS_BATCH
-    return batch == 1 and not torch.is_grad_enabled()
+    return batch == 1 and not torch.is_grad_enabled() and not cpu.usable(like)
 
 
 def _load(model_path, gender) -> SMPLModelData:
