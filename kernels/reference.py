@@ -597,12 +597,17 @@ def smpl_joints(layer, betas, rot_mats, transl, joint_set: str):
     """
     js = layer.joint_set_tensors(joint_set)
     joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
-    global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
+    if _c_chain(layer, rot_mats, joints_rest):
+        transforms, posed_joints = cpu.chain(rot_mats, joints_rest, layer.parents)
+    else:
+        global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
+        transforms = None
     rows = _chain_rows(js)
     if js.support.shape[0] == 0:
         joints = posed_joints if rows == tuple(range(posed_joints.shape[1])) else posed_joints[:, list(rows)]
     else:
-        transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
+        if transforms is None:
+            transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
         joints = regress_joints_folded(posed_joints, betas, pose_features(rot_mats), transforms, js)
     return joints if transl is None else joints + transl[:, None]
 

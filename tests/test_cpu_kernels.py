@@ -213,6 +213,20 @@ def test_forward_with_the_kernel_matches_smplx(mannequin_data, mannequin_smplx_d
     assert (got.joints - plain.joints).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("joint_set", ["smpl24", "hmr19", "smplx45"])
+def test_joints_only_forward_matches_the_torch_path(mannequin_data, spy, monkeypatch, joint_set):
+    """return_verts=False without gradients: the chain in C, the same joints as the torch path."""
+    layer = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
+    inputs = dict(betas=torch.randn(4, 10, dtype=torch.float64), body_pose=torch.randn(4, 69, dtype=torch.float64),
+                  transl=torch.randn(4, 3, dtype=torch.float64))
+    with torch.no_grad():
+        got = layer(**inputs, return_verts=False, joint_set=joint_set).joints
+        assert spy.others == ["rodrigues", "chain"]
+        monkeypatch.setattr(cpu, "ENABLED", False)
+        want = layer(**inputs, return_verts=False, joint_set=joint_set).joints
+    assert (got - want).abs().max() < 1e-12
+
+
 def test_float32_forward_matches_the_torch_path(mannequin_data, spy, monkeypatch):
     layer = SMPL(model_path=mannequin_data, backend="reference")
     inputs = dict(betas=torch.randn(9, 10), body_pose=torch.randn(9, 69) * 0.6, global_orient=torch.randn(9, 3),
