@@ -7,7 +7,8 @@ Peers come from `pip install -e .[bench]`; one that is not installed (or cannot 
 mannequin) is skipped.
 
 Modes:
-- forward: vertices + joints, no autograd;
+- forward: vertices + joints, no autograd ("reference-torch" is the reference with its C loops
+  off, hmr_fast.kernels.cpu.ENABLED = False: the torch path that runs without a C compiler);
 - forward+backward: a loss on vertices and joints;
 - joints-only forward+backward: SMPL's 24 chain joints without vertices, what a fitting
   iteration needs (smplfitter and body-models have joints-only paths; smplx has none and
@@ -30,6 +31,7 @@ import pytest
 import torch
 
 from hmr_fast import SMPL
+from hmr_fast.kernels import cpu
 from hmr_fast.kernels.reference import pose_features, rodrigues
 
 BATCHES = (1, 8, 64, 512)
@@ -38,6 +40,7 @@ IMPLS = ("smplx", "smplfitter", "body-models", "body-models-warp", "reference", 
 # Not a body model: the pose-corrective GEMM alone, pose features (B, 207) @ posedirs (207, 3 x 6890)
 # as one plain torch.matmul into a fresh output, the floor the forward is compared with.
 FLOOR = "floor-corrective-gemm"
+TORCH_ONLY = "reference-torch"  # the reference without its C loops (forward only)
 JOINT_IMPLS = IMPLS + ("reference-hmr19",)
 
 
@@ -130,7 +133,11 @@ def _run(impl, layer, inputs, vertices=True):
         joints = layer.forward_skeleton(pose.reshape(-1, 23, 3), **kw)[..., :3, 3]
         return (layer.forward_vertices(pose.reshape(-1, 23, 3), **kw) if vertices else None), joints
     joint_set = "hmr19" if impl == "reference-hmr19" else ("smplx45" if vertices else "smpl24")
-    out = layer(**inputs, return_verts=vertices, joint_set=joint_set)
+    cpu.ENABLED = impl != TORCH_ONLY
+    try:
+        out = layer(**inputs, return_verts=vertices, joint_set=joint_set)
+    finally:
+        cpu.ENABLED = True
     return out.vertices, out.joints
 
 
@@ -143,7 +150,7 @@ def _cases(impls):
     return [(batch, impl) for batch in BATCHES for impl in impls]  # interleaved: every impl per batch
 
 
-@pytest.mark.parametrize("batch, impl", _cases(IMPLS + (FLOOR,)))
+@pytest.mark.parametrize("batch, impl", _cases(IMPLS + (TORCH_ONLY, FLOOR)))
 def test_forward(benchmark, layers, impl, batch):
     layer, inputs = _layer(layers, impl), _inputs(batch)
     if impl == FLOOR:  # the GEMM's input: R - I of the 23 body rotations

@@ -62,7 +62,7 @@ _ARGTYPES = {
 def usable(*tensors: torch.Tensor, joints: int = 0) -> bool:
     """True when the kernel can skin these tensors here: CPU, all float32 or all float64,
     outside traced and compiled graphs, the library built and `joints` within its limit."""
-    if not ENABLED or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if not ENABLED or torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
         return False
     dtype = tensors[0].dtype
     if dtype not in (torch.float32, torch.float64):
