@@ -11,7 +11,9 @@ cheaper forms than smplx's:
   batches without gradients, oneDNN's with the matrix packed once: cpu_gemm.py);
 - joint sets regress from only the vertices in their support, so a joints-only forward
   (the training case) poses a few hundred vertices instead of 6890.
-Everything is differentiable, in float32 and float64. The rotation maps are in
+Everything is differentiable, in float32 and float64. Where nothing wants a gradient, CPU
+tensors take C loops for Rodrigues, the chain and skinning instead (cpu.py, the functions
+here their twins). The rotation maps are in
 hmr_fast.rotations and HMR's camera in hmr_fast.camera (both re-exported here).
 
 The last section holds the twins of the three fused ops (pose_chain, blend_skin,
