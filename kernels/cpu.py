@@ -165,15 +165,18 @@ def _parts(B, n, threads):
 
 
 _POOL_LOCK = threading.Lock()
-_POOL: list = [None, 0]  # the executor and its worker count
+_POOL: list = [None, 0, 0]  # the executor, its worker count, the process it was made in
 
 
 def _pool(workers):
+    """The thread pool, grown to `workers`; made afresh in a forked child, whose copy of the
+    parent's pool has no threads behind it."""
     with _POOL_LOCK:
-        if _POOL[1] < workers:
-            if _POOL[0] is not None:
+        if _POOL[1] < workers or _POOL[2] != os.getpid():
+            if _POOL[0] is not None and _POOL[2] == os.getpid():
                 _POOL[0].shutdown(wait=False)
-            _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hmr_fast_skin"), workers]
+            _POOL[:] = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hmr_fast_cpu"), workers,
+                        os.getpid()]
         return _POOL[0]
 
 
@@ -200,15 +203,16 @@ def _library():
     flags = ["-O3", "-fPIC", "-shared"] + (["-march=native"] if cpu else [])
     libs = ["-lm"]
     key = hashlib.sha256(source + repr((compiler, flags, cpu, platform.machine())).encode()).hexdigest()[:16]
-    folder = _cache_folder()
-    path = folder / f"cpu-{key}.so"
+    path = _cache_folder() / f"cpu-{key}.so"
     try:
+        if path.exists() and not _ours(path):  # someone else's file: build our own, for this process
+            path = Path(tempfile.mkdtemp(prefix="hmr_fast_")) / path.name
         if not path.exists():
             _compile(compiler, flags, libs, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as err:
         lines = str(err).strip().splitlines()
-        reason = f"could not build {_SOURCE.name} with {compiler}: {lines[-1] if lines else type(err).__name__}"
+        reason = f"could not build or load {_SOURCE.name} with {compiler}: {lines[-1] if lines else type(err).__name__}"
         warnings.warn(f"hmr_fast: {reason}; the CPU forward runs the slower torch path", stacklevel=3)
         return None, reason
     lib.max_joints.restype = ctypes.c_int
@@ -239,6 +243,16 @@ def _compile(compiler, flags, libs, path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _ours(path: Path) -> bool:
+    """Whether a library found in the cache can be loaded: owned by this user and writable by
+    no one else (a cache folder in a shared place, such as HMR_FAST_CACHE=/tmp, must not let
+    another user plant the code this process runs)."""
+    if not hasattr(os, "getuid"):
+        return True
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _cache_folder() -> Path:

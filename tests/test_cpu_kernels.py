@@ -320,3 +320,49 @@ def test_builds_into_an_empty_cache_folder(monkeypatch, tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == [path.split("/")[-1]]  # no temporary left behind
     finally:
         cpu._library.cache_clear()
+
+
+def test_a_library_someone_else_could_have_written_is_not_loaded(monkeypatch, tmp_path):
+    """A file under the library's name that others may write (mode 666) is left alone: the
+    library is built afresh elsewhere, and it works."""
+    monkeypatch.setenv("HMR_FAST_CACHE", str(tmp_path))
+    cpu._library.cache_clear()
+    try:
+        _, path = cpu._library()
+        cpu._library.cache_clear()
+        planted = tmp_path / path.split("/")[-1]
+        planted.write_bytes(b"not a library")
+        planted.chmod(0o666)
+        lib, path = cpu._library()
+        assert lib is not None and path != str(planted)
+        assert planted.read_bytes() == b"not a library"
+        R = cpu.rodrigues(torch.tensor([[0.0, 0.0, 0.5]]))
+        assert torch.allclose(R, reference.rodrigues(torch.tensor([[0.0, 0.0, 0.5]])), atol=1e-6)
+    finally:
+        cpu._library.cache_clear()
+
+
+def test_a_forked_child_gets_its_own_thread_pool(monkeypatch):
+    """After a fork the parent's pool has no threads in the child: the child makes its own
+    (else a split call would wait forever)."""
+    import multiprocessing
+
+    monkeypatch.setattr(cpu, "PARALLEL_MIN", 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        planes = torch.randn(3, 4, 50)
+        transforms = torch.randn(4, 24, 12)
+        weights = torch.rand(50, 24)
+        want = cpu.skin(planes, transforms, weights, None, torch.empty(4, 50, 3))  # the parent's pool exists
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_skin_in_child, (planes, transforms, weights)).get(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, want)
+
+
+def _skin_in_child(planes, transforms, weights):
+    torch.set_num_threads(2)
+    return cpu.skin(planes, transforms, weights, None, torch.empty(4, 50, 3))
