@@ -60,7 +60,7 @@ _ARGTYPES = {
 
 
 def usable(*tensors: torch.Tensor, joints: int = 0) -> bool:
-    """True when the kernel can skin these tensors here: CPU, all float32 or all float64,
+    """True when the C loops can run on these tensors here: CPU, all float32 or all float64,
     outside traced and compiled graphs, the library built and `joints` within its limit."""
     if not ENABLED or torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
         return False
@@ -104,7 +104,8 @@ def chain(rot_mats, rest_joints, parents):
     return transforms, posed
 
 
-def chain_usable(parents) -> bool:
+@functools.lru_cache(maxsize=64)
+def chain_usable(parents: tuple) -> bool:
     """The C chain walks joints in index order: every parent must come before its child."""
     return len(parents) <= _MAX_JOINTS and parents[0] < 0 and all(0 <= p < j for j, p in enumerate(parents) if j)
 
@@ -119,7 +120,8 @@ def skin(planes, transforms, weights, transl, out, start=0):
 
     planes (3, B, n): the blended rest vertices start .. start + n as coordinate planes (any
     strides with the vertices contiguous); transforms (B, J, 12) the rows of each joint's 3x4
-    transform; weights (N, J) the skinning weights of the whole mesh; transl (B, 3) or None.
+    transform; weights (N, J) the skinning weights of the whole mesh; transl (B, 3) or None;
+    out with each sample's (N, 3) rows contiguous (any stride between samples).
     """
     B, J = transforms.shape[:2]
     n = planes.shape[-1]
@@ -127,6 +129,9 @@ def skin(planes, transforms, weights, transl, out, start=0):
         planes = planes.contiguous()
     if J > _MAX_JOINTS:
         raise ValueError(f"cpu.skin: at most {_MAX_JOINTS} joints (see usable), got {J}")
+    if out.stride()[1:] != (3, 1) or out.dtype != planes.dtype or out.shape[1] < start + n:
+        raise ValueError(f"cpu.skin: out must be (B, >= {start + n}, 3) {planes.dtype} with rows of 3 "
+                         f"contiguous, got {tuple(out.shape)} {out.dtype} strides {out.stride()}")
     rowptr, col, val = derived("cpu.skin", weights, _sparse_weights)
     transforms = transforms.contiguous()
     shift = None if transl is None else transl.contiguous()

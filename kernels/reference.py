@@ -502,7 +502,8 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights, 
         # Blend shapes (the packed GEMM: the whole mesh at once), then the fused skinning writes
         # each chunk's vertices into place.
         out = template.new_empty(batch, num, 3)
-        for start in range(0, num, num if packed else step):
+        step = num if packed else step
+        for start in range(0, num, step):
             end = min(num, start + step)
             v_posed = planes if packed else blend_shapes(coeffs, template[start:end], blend_dirs[:, :, start:end])
             cpu.skin(v_posed, transforms, weights, transl, out, start)

@@ -165,6 +165,8 @@ def test_a_chunk_writes_only_its_vertices():
     want = _twin(planes, transforms, weights[start:start + n], transl)
     assert (out[:, start:start + n] - want).abs().max() < 1e-12
     assert out[:, :start].isnan().all() and out[:, start + n:].isnan().all()
+    with pytest.raises(ValueError, match="out must be"):
+        cpu.skin(planes, transforms, weights, transl, out.transpose(1, 2).contiguous().transpose(1, 2), start)
 
 
 @pytest.mark.parametrize("batch", [1, 6])
