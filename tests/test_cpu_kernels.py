@@ -327,14 +327,17 @@ def test_builds_into_an_empty_cache_folder(monkeypatch, tmp_path):
 def test_a_library_someone_else_could_have_written_is_not_loaded(monkeypatch, tmp_path):
     """A file under the library's name that others may write (mode 666) is left alone: the
     library is built afresh elsewhere, and it works."""
-    monkeypatch.setenv("HMR_FAST_CACHE", str(tmp_path))
+    monkeypatch.setenv("HMR_FAST_CACHE", str(tmp_path / "first"))
     cpu._library.cache_clear()
     try:
-        _, path = cpu._library()
+        _, path = cpu._library()  # its name (a library loaded here must never be overwritten)
         cpu._library.cache_clear()
-        planted = tmp_path / path.split("/")[-1]
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        planted = shared / path.split("/")[-1]
         planted.write_bytes(b"not a library")
         planted.chmod(0o666)
+        monkeypatch.setenv("HMR_FAST_CACHE", str(shared))
         lib, path = cpu._library()
         assert lib is not None and path != str(planted)
         assert planted.read_bytes() == b"not a library"
