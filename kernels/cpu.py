@@ -67,9 +67,16 @@ def usable(*tensors: torch.Tensor, joints: int = 0) -> bool:
     dtype = tensors[0].dtype
     if dtype not in (torch.float32, torch.float64):
         return False
-    if any(t.device.type != "cpu" or t.dtype != dtype for t in tensors):
+    if any(t.device.type != "cpu" or t.dtype != dtype or not _plain(t) for t in tensors):
         return False
     return joints <= _MAX_JOINTS and _library()[0] is not None
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """A tensor with its own strided memory: not a subclass (fake, sparse, DTensor) nor a
+    torch.func wrapper (vmap, grad), whose data the C loops could not address."""
+    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 def status() -> str:

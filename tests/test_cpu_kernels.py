@@ -267,6 +267,10 @@ def test_not_used_while_compiling_or_tracing_or_turned_off(monkeypatch):
     torch.jit.trace(f, torch.zeros(2), check_trace=False)
     torch.compile(f, backend="eager", fullgraph=True)(torch.zeros(2))
     assert len(seen) >= 2 and not any(seen)
+    inside_vmap = []
+    torch.vmap(lambda t: inside_vmap.append(cpu.usable(t)) or t)(x)
+    assert inside_vmap == [False]
+    assert not cpu.usable(x.to_sparse())
     monkeypatch.setattr(cpu, "ENABLED", False)
     assert not cpu.usable(x)
     assert cpu.status().startswith("off")
