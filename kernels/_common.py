@@ -1,4 +1,5 @@
-"""Shared pieces of the Triton kernels: triton import guard, dtypes, output allocation, sizes.
+"""Shared pieces of the kernels: triton import guard, dtypes, output allocation, sizes, and
+whether a call wants a gradient (the Triton and CPU fast paths differ by that).
 
 Nothing here launches a kernel. `triton` may be missing (macOS, CPU-only wheels): importing
 this module then still works, and `HAVE_TRITON` is False.
@@ -91,6 +92,12 @@ def usable(device) -> tuple:
             return not INTERPRETER_PROBLEM, INTERPRETER_PROBLEM
         return False, NEEDS_CUDA
     return False, f"the Triton backend runs on CUDA devices (or the CPU under TRITON_INTERPRET=1), not {device.type}"
+
+
+def wants_grad(*tensors) -> bool:
+    """Whether autograd will record this call: grad mode is on and an input (None allowed)
+    requires a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def check_device(t: torch.Tensor) -> None:

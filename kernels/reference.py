@@ -31,6 +31,7 @@ from hmr_fast.camera import project_weak_perspective
 from hmr_fast.rotations import rodrigues, rot6d_to_rotmat
 
 from . import cpu, cpu_gemm
+from ._common import wants_grad
 
 __all__ = ["rodrigues", "rodrigues_fast", "rot6d_to_rotmat", "project_weak_perspective", "KinematicTree", "kinematic_tree",
            "pose_features", "blend_shapes", "rest_joints", "kinematic_chain", "skinning_transforms", "skin",
@@ -70,7 +71,7 @@ def rodrigues_fast(axis_angle: torch.Tensor) -> torch.Tensor:
     reference forward uses."""
     if _traced():
         return rodrigues(axis_angle)
-    if not (torch.is_grad_enabled() and axis_angle.requires_grad) and cpu.usable(axis_angle):
+    if not wants_grad(axis_angle) and cpu.usable(axis_angle):
         return cpu.rodrigues(axis_angle)
     return _Rodrigues.apply(axis_angle)
 
@@ -493,8 +494,7 @@ def pose_vertices(betas, pose_feats, transforms, template, blend_dirs, weights, 
         step = max(1, chunk_vertex_samples() // max(batch, 1))
     coeffs = torch.cat([betas, pose_feats], dim=1)
     coeffs = torch.nn.functional.pad(coeffs, (0, blend_dirs.shape[1] - coeffs.shape[1]))  # to the zero rows
-    no_grad = not (torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (coeffs, transforms, template, blend_dirs, weights, transl)))
+    no_grad = not wants_grad(coeffs, transforms, template, blend_dirs, weights, transl)
     packed = PACKED_GEMM_BATCHES[0] <= batch <= PACKED_GEMM_BATCHES[1] and no_grad and cpu_gemm.usable(blend_dirs)
     planes = cpu_gemm.blend_planes(coeffs, template, blend_dirs) if packed else None
     extra = [] if transl is None else [transl]
@@ -564,11 +564,7 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
         return None, smpl_joints(layer, betas, rot_mats, transl, joint_set)
     js = layer.joint_set_tensors(joint_set)
     joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
-    if _c_chain(layer, rot_mats, joints_rest):
-        transforms, posed_joints = cpu.chain(rot_mats, joints_rest, layer.parents)
-    else:
-        global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
-        transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
+    transforms, posed_joints = _chain_transforms(layer, rot_mats, joints_rest)
     feats = pose_features(rot_mats)
     vertices = pose_vertices(betas, feats, transforms, layer.v_template, layer.blend_dirs, layer.lbs_weights, transl)
     if not (vertices.requires_grad and betas.shape[0] >= REPOSE_SUPPORT_BATCH):
@@ -584,10 +580,15 @@ def smpl_forward(layer, betas, rot_mats, transl, return_verts: bool, joint_set: 
     return vertices, joints
 
 
-def _c_chain(layer, rot_mats, joints_rest) -> bool:
-    """Whether the chain runs as cpu.chain: nothing wants a gradient, and cpu can run it here."""
-    grad = torch.is_grad_enabled() and (rot_mats.requires_grad or joints_rest.requires_grad)
-    return not grad and cpu.usable(rot_mats, joints_rest) and cpu.chain_usable(layer.parents)
+def _chain_transforms(layer, rot_mats, joints_rest, transforms: bool = True):
+    """(skinning transforms (B, 24, 12), or None when not asked for, posed joints (B, 24, 3)):
+    cpu.chain where nothing wants a gradient and it can run here (it makes both at once),
+    else kinematic_chain and skinning_transforms."""
+    if (not wants_grad(rot_mats, joints_rest) and cpu.usable(rot_mats, joints_rest)
+            and cpu.chain_usable(layer.parents)):
+        return cpu.chain(rot_mats, joints_rest, layer.parents)
+    global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
+    return (skinning_transforms(global_rot, posed_joints, joints_rest) if transforms else None), posed_joints
 
 
 def smpl_joints(layer, betas, rot_mats, transl, joint_set: str):
@@ -600,17 +601,12 @@ def smpl_joints(layer, betas, rot_mats, transl, joint_set: str):
     """
     js = layer.joint_set_tensors(joint_set)
     joints_rest = rest_joints(betas, layer.J_template, layer.J_shapedirs)
-    if _c_chain(layer, rot_mats, joints_rest):
-        transforms, posed_joints = cpu.chain(rot_mats, joints_rest, layer.parents)
-    else:
-        global_rot, posed_joints = kinematic_chain(rot_mats, joints_rest, layer.parents, layer.levels)
-        transforms = None
+    reads_vertices = js.support.shape[0] > 0
+    transforms, posed_joints = _chain_transforms(layer, rot_mats, joints_rest, transforms=reads_vertices)
     rows = _chain_rows(js)
-    if js.support.shape[0] == 0:
+    if not reads_vertices:
         joints = posed_joints if rows == tuple(range(posed_joints.shape[1])) else posed_joints[:, list(rows)]
     else:
-        if transforms is None:
-            transforms = skinning_transforms(global_rot, posed_joints, joints_rest)
         joints = regress_joints_folded(posed_joints, betas, pose_features(rot_mats), transforms, js)
     return joints if transl is None else joints + transl[:, None]
 

@@ -207,7 +207,7 @@ class _Ops:
 def _dispatch(*tensors):
     if torch.compiler.is_compiling():
         return _Ops
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if _common.wants_grad(*tensors):
         return _Ops
     return _Direct
 
