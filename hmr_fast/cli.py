@@ -25,6 +25,7 @@ COMMANDS = {
     "synth": ("hmr_fast.data.synth", "render a synthetic training set of the mannequin"),
     "train": ("hmr_fast.training.train", "train HMR from a YAML config"),
     "eval": ("hmr_fast.training.evaluate", "MPJPE / PA-MPJPE / PCK of a checkpoint on a dataset"),
+    "import": ("hmr_fast.model.import_cli", "import another project's checkpoint (SPIN) as an hmr_fast checkpoint"),
     "pack": ("hmr_fast.model.checkpoint", "pack a checkpoint for shipping: inference weights only, float16"),
     "export": ("hmr_fast.export.cli", "export a checkpoint to ONNX, TensorRT or AOTInductor"),
     "fit": ("hmr_fast.infer.fitting", "fit SMPL to keypoint files (OpenPose, COCO, SPIN, npz), batched"),

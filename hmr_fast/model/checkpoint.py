@@ -77,6 +77,34 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     return payload
 
 
+# torch.save's legacy (pre-zip, torch < 1.6) files begin with a protocol-2 pickle of this number.
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950a86a20f9469cfc6c).to_bytes(10, "little")
+
+
+def load_torch_file(path, expected: str, map_location="cpu"):
+    """What torch.save wrote to `path` (a zip archive, or the legacy format older torch
+    wrote), read with torch's weights-only unpickler: a global outside plain data is refused
+    and nothing from the file runs. Anything else is refused unread. FileNotFoundError when
+    missing; CheckpointError (one line naming the file and `expected`) for a file that is not
+    such a torch file."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; expected {expected}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; expected {expected}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}); expected {expected}") from None
+    if not head.startswith(LEGACY_MAGIC):
+        _check_archive(path, expected)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: {_load_failure(exc)}; expected {expected}") from None
+
+
 def _a(value) -> str:
     name = type(value).__name__
     return f"{'an' if name[:1] in 'aeiouAEIOU' else 'a'} {name}"
@@ -87,27 +115,27 @@ def _one_line(text, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _check_archive(path: Path) -> None:
+def _check_archive(path: Path, expected: str = EXPECTED) -> None:
     """Refuse, before torch sees them, files that are not a torch zip archive (torch would
     fall back to unpickling them as a legacy file) and archives without their data.pkl."""
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
     except OSError as exc:
-        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}); expected {EXPECTED}") from None
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror or exc}); expected {expected}") from None
     if not head.startswith(b"PK\x03\x04"):
         raise CheckpointError(f"{path} is not a checkpoint: it is {_describe(head)}, not a zip archive; "
-                              f"nothing in it was loaded; expected {EXPECTED}")
+                              f"nothing in it was loaded; expected {expected}")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except Exception as exc:  # zipfile's errors on damaged archives vary (BadZipFile, ValueError, ...)
         raise CheckpointError(f"{path} is a truncated or damaged zip archive ({_one_line(exc, 120)}): copy or "
-                              f"download it again; expected {EXPECTED}") from None
+                              f"download it again; expected {expected}") from None
     if not any(name.count("/") == 1 and name.endswith("/data.pkl") for name in names):
         listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise CheckpointError(f"{path} is a zip archive but not a torch checkpoint: it has no data.pkl "
-                              f"(found {len(names)} entries: {listed or 'none'}); expected {EXPECTED}")
+                              f"(found {len(names)} entries: {listed or 'none'}); expected {expected}")
 
 
 def _describe(head: bytes) -> str:
@@ -226,11 +254,46 @@ def build_smpl(model_config: dict, device=None):
 def build_model(model_config: dict, smpl=None, pretrained: bool = True):
     """An HMR from a config's "model" section (pretrained=False skips loading backbone
     weights, e.g. when a checkpoint's weights follow)."""
+    regressor = model_config.get("regressor") or "hmr"  # checkpoints before SPIN's wiring have no key
+    mean_params = model_config.get("mean_params") if pretrained and regressor == "spin" else None
     return HMR(backbone=model_config["backbone"], pose_repr=model_config["pose_repr"],
                ief_iters=model_config["ief_iters"], img_size=model_config["img_size"],
                joint_set=model_config["joint_set"], dropout=model_config.get("dropout", 0.5),
                pretrained=model_config.get("pretrained") if pretrained else None,
-               smpl=smpl if smpl is not None else build_smpl(model_config))
+               smpl=smpl if smpl is not None else build_smpl(model_config),
+               regressor=regressor, mean_params=read_mean_params(mean_params) if mean_params else None)
+
+
+MEAN_PARAMS_KEYS = {"pose": (144,), "shape": (10,), "cam": (3,)}
+
+
+def read_mean_params(path):
+    """SPIN's smpl_mean_params.npz -> (pose (144,), shape (10,), cam (3,)) float32 tensors;
+    read with allow_pickle=False. A missing file is FileNotFoundError, a wrong one a
+    CheckpointError naming the key."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.mean_params: {path} not found (SPIN's release puts it at "
+                                "data/smpl_mean_params.npz, from fetch_data.sh's data.tar.gz)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: np.asarray(npz[k]) for k in MEAN_PARAMS_KEYS if k in npz.files}
+    except Exception as exc:  # not an npz, damaged, or an object array
+        raise CheckpointError(f"{path}: not SPIN's smpl_mean_params.npz ({type(exc).__name__}: "
+                              f"{_one_line(exc, 100)})") from None
+    out = []
+    for key, shape in MEAN_PARAMS_KEYS.items():
+        if key not in arrays:
+            raise CheckpointError(f"{path}: missing key {key!r}; smpl_mean_params.npz holds pose (144,), "
+                                  "shape (10,) and cam (3,)")
+        a = arrays[key].reshape(-1) if arrays[key].size == shape[0] else arrays[key]
+        if a.shape != shape or a.dtype.kind not in "fiu" or not np.isfinite(a).all():
+            raise CheckpointError(f"{path}: key {key!r} has shape {arrays[key].shape} dtype {arrays[key].dtype}; "
+                                  f"expected {shape} finite numbers")
+        out.append(torch.as_tensor(a, dtype=torch.float32))
+    return tuple(out)
 
 
 def load_checkpoint(path, map_location="cpu", smpl=None, smpl_backend: str = "auto"):

@@ -11,7 +11,7 @@ from hmr_fast.body import SMPL
 from hmr_fast.camera import project_weak_perspective
 
 from .encoder import Encoder
-from .regressor import IEFRegressor
+from .regressor import REGRESSORS, IEFRegressor, SpinRegressor
 
 
 @dataclass
@@ -40,14 +40,21 @@ class HMR(nn.Module):
 
     def __init__(self, backbone: str = "resnet50", pose_repr: str = "axis_angle", ief_iters: int = 3,
                  img_size: int = 224, joint_set: str = "hmr19", smpl=None, pretrained=None,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, regressor: str = "hmr", mean_params=None):
         super().__init__()
+        if regressor not in REGRESSORS:
+            raise ValueError(f"regressor must be one of {REGRESSORS}, got {regressor!r}")
+        if regressor == "spin" and pose_repr != "6d":
+            raise ValueError(f"regressor 'spin' predicts 6D rotations: pose_repr must be '6d', got {pose_repr!r}")
         self.config = dict(backbone=backbone, pose_repr=pose_repr, ief_iters=ief_iters, img_size=img_size,
-                           joint_set=joint_set, dropout=dropout)
+                           joint_set=joint_set, dropout=dropout, regressor=regressor)
         self.img_size = img_size
         self.joint_set = joint_set
         self.encoder = Encoder(backbone, pretrained)
-        self.regressor = IEFRegressor(self.encoder.feature_dim, pose_repr, ief_iters, dropout)
+        if regressor == "spin":
+            self.regressor = SpinRegressor(self.encoder.feature_dim, ief_iters, dropout, mean_params=mean_params)
+        else:
+            self.regressor = IEFRegressor(self.encoder.feature_dim, pose_repr, ief_iters, dropout)
         self.smpl = SMPL(joint_set=joint_set) if smpl is None else smpl
 
     def forward(self, images: torch.Tensor, return_verts: bool = False) -> HMROutput:
