@@ -90,3 +90,18 @@ def pck(pred2d, gt2d, mask=None, threshold: float = 0.05, size=2.0) -> torch.Ten
     error = (pred2d - gt2d.to(pred2d.dtype)).norm(dim=-1)
     size = _as_tensor(size).to(error.dtype).reshape(-1, 1) if not isinstance(size, (int, float)) else size
     return _masked_mean((error < threshold * size).to(pred2d.dtype), _mask(mask, pred2d))
+
+
+def pck3d(pred, gt, threshold: float = 0.150, mask=None) -> torch.Tensor:
+    """3D PCK (B,): the share of (masked) joints whose 3D error is below `threshold` (same
+    units as the joints; 0.150 m is MPI-INF-3DHP's 150 mm). Align both sides first."""
+    pred, gt = _as_tensor(pred), _as_tensor(gt)
+    error = (pred - gt.to(pred.dtype)).norm(dim=-1)
+    return _masked_mean((error < threshold).to(pred.dtype), _mask(mask, pred))
+
+
+def auc3d(pred, gt, thresholds, mask=None) -> torch.Tensor:
+    """Area under the 3D PCK curve (B,): PCK averaged over `thresholds` (MPI-INF-3DHP:
+    0, 5, ..., 150 mm, 31 values), a share in [0, 1]."""
+    values = [pck3d(pred, gt, float(t), mask) for t in thresholds]
+    return torch.stack(values, dim=0).mean(0)

@@ -3,6 +3,8 @@
     hmr-fast eval --checkpoint RUN/last.pt --data DIR            (DIR/val.npz, images in DIR)
     hmr-fast eval --checkpoint C --data some.npz --images ROOT   (any SPIN-style npz)
     hmr-fast eval --checkpoint C --data person_keypoints.json --images ROOT  (COCO: PCK only)
+    hmr-fast eval --checkpoint C --dataset h36m-p1|h36m-p2|3dpw|mpi-inf-3dhp --root DIR
+        [--extras SPIN_DATA] [--smpl DIR] [--flip] [--per-sample FILE]   (SPIN's evaluation: spin_eval.py)
 
 3D errors use LSP's 14 joints (the first 14 of HMR's 19), pelvis-aligned (hip midpoint)
 for MPJPE and per-sample similarity-Procrustes-aligned for PA-MPJPE, in millimetres, over
@@ -24,6 +26,7 @@ from hmr_fast.data.keypoints import NUM_LSP
 from hmr_fast.data.loader import make_eval_loader
 from hmr_fast.data.spin_npz import SpinDataset
 from hmr_fast.devices import DEVICES, resolve_device
+from hmr_fast.errors import UsageError
 from hmr_fast.model import load_checkpoint
 
 THRESHOLDS = (0.05, 0.1)
@@ -65,7 +68,14 @@ def evaluate_model(model, loader, device, amp: bool = False) -> dict:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by hmr-fast train")
-    parser.add_argument("--data", required=True, help="a folder (reads its val.npz), a SPIN-style npz or a COCO json")
+    parser.add_argument("--data", help="a folder (reads its val.npz), a SPIN-style npz or a COCO json")
+    parser.add_argument("--dataset", choices=("h36m-p1", "h36m-p2", "3dpw", "mpi-inf-3dhp"),
+                        help="SPIN's evaluation of a benchmark (with --root), instead of --data")
+    parser.add_argument("--root", help="--dataset: the dataset's folder (its npz image names are relative to it)")
+    parser.add_argument("--extras", help="--dataset: SPIN's data/ folder (dataset_extras/, J_regressor_h36m.npy, smpl/)")
+    parser.add_argument("--smpl", help="--dataset: SMPL model folder (neutral; male and female for 3dpw)")
+    parser.add_argument("--flip", action="store_true", help="--dataset: average with the mirrored crop's prediction")
+    parser.add_argument("--per-sample", help="--dataset: write each sample's errors here (.csv or .npz)")
     parser.add_argument("--split", default="val.npz", help="the file read when --data is a folder")
     parser.add_argument("--images", help="image root (default: the folder of --data)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
@@ -85,8 +95,15 @@ def build_eval_dataset(data, split: str, images, img_size: int):
 
 
 def run(args) -> int:
+    if (args.data is None) == (args.dataset is None):
+        raise UsageError("give either --data D (a dataset in hmr_fast's layout) or --dataset NAME --root DIR "
+                         "(SPIN's evaluation)")
+    if args.dataset is not None and args.root is None:
+        raise UsageError(f"--dataset {args.dataset} needs --root DIR, the dataset's folder")
     device = resolve_device(args.device)
     model, config = load_checkpoint(args.checkpoint, map_location=device)
+    if args.dataset is not None:
+        return _run_spin(args, model, device)
     dataset = build_eval_dataset(args.data, args.split, args.images, config["model"]["img_size"])
     if args.max_samples and args.max_samples < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(args.max_samples))
@@ -99,4 +116,18 @@ def run(args) -> int:
     print(f"samples   {result['samples']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _run_spin(args, model, device) -> int:
+    from .spin_eval import evaluate_spin_benchmark, print_summary, write_per_sample
+
+    summary, per_sample = evaluate_spin_benchmark(
+        model, args.dataset, args.root, extras=args.extras, smpl_path=args.smpl, batch_size=args.batch_size,
+        workers=args.workers, flip=args.flip, device=device, max_samples=args.max_samples)
+    print_summary(summary)
+    if args.per_sample:
+        print(f"per-sample errors: {write_per_sample(args.per_sample, per_sample)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     return 0
