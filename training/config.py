@@ -32,6 +32,8 @@ class ModelConfig:
     pretrained: Optional[str] = None  # a local torchvision checkpoint; nothing is downloaded
     init: Optional[str] = None  # fine-tune: an hmr_fast checkpoint whose HMR (+ discriminator) weights start the run
     pose_repr: str = "axis_angle"  # axis_angle (HMR) or 6d (SPIN)
+    regressor: str = "hmr"  # hmr (ReLU between the FC layers, one decoder) or spin (SPIN's wiring; pose_repr 6d)
+    mean_params: Optional[str] = None  # regressor spin: SPIN's smpl_mean_params.npz as the start (null: upright rest pose)
     ief_iters: int = 3
     img_size: int = 224
     joint_set: str = "hmr19"
@@ -46,6 +48,7 @@ class DatasetSpec:
     path: str = "train.npz"  # relative paths are relative to --data
     images: str = "."
     weight: float = 1.0  # share of each batch, relative to the other training sets
+    fits: Optional[str] = None  # SPIN's static fits for this set ((N, 82) .npy: pose 72 + betas 10): spin.enabled's starting fits
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Config:
 CHOICES = {
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.pose_repr": ("axis_angle", "6d"),
+    "model.regressor": ("hmr", "spin"),
     "model.smpl_backend": ("auto", "reference", "triton", "smplx"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.amp": ("auto", "bf16", "off"),

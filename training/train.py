@@ -105,6 +105,33 @@ def build_dataset(spec, data_dir: Path, img_size: int, augment, drop_bad_labels:
     raise ConfigError(f"dataset kind must be 'spin' or 'coco', got {spec.kind!r} (for {spec.path})")
 
 
+def seed_static_fits(spin, specs, train_set, data_dir: Path) -> None:
+    """SPIN's static fits (data/static_fits/<set>_fits.npy: (N, 82) = axis-angle pose 72 + betas 10,
+    one row per sample of the set's npz, in the sample's own frame) as each set's starting fits."""
+    import numpy as np
+
+    for spec, offset, dataset in zip(specs, train_set.offsets, train_set.datasets):
+        if not spec.fits:
+            continue
+        path = data_dir / spec.fits
+        if not path.is_file():
+            raise FileNotFoundError(f"data.train fits: {path} not found (SPIN's release puts its static fits in "
+                                    "data/static_fits/<set>_fits.npy, fetch_data.sh's static_fits.tar.gz)")
+        try:
+            fits = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise ConfigError(f"data.train fits: {path} is not a numpy .npy array ({type(exc).__name__})") from None
+        n = len(dataset)
+        if not isinstance(fits, np.ndarray) or fits.shape != (n, 82) or fits.dtype.kind not in "fiu" \
+                or not np.isfinite(fits).all():
+            raise ConfigError(f"data.train fits: {path} has shape {getattr(fits, 'shape', None)}; expected ({n}, 82) "
+                              f"finite numbers (pose 72 + betas 10), one row per sample of {spec.path}")
+        index = torch.arange(offset, offset + n)
+        spin.fits.store(index, torch.as_tensor(fits[:, :72], dtype=torch.float32),
+                        torch.as_tensor(fits[:, 72:], dtype=torch.float32)[:, :spin.fits.betas.shape[1]])
+        log.info("spin: %d static fits from %s", n, path)
+
+
 def rng_state(device: torch.device, prior_generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "prior": prior_generator.get_state()}
     if device.type == "cuda":
@@ -150,6 +177,8 @@ class Trainer:
         sc = config.spin
         self.spin = SpinLoop(self.smpl, len(self.train_set), sc.fit_iters, sc.torso_iters, sc.max_error) \
             if sc.enabled else None
+        if self.spin is not None:  # SPIN's static fits start the loop (a resumed run's own fits replace them)
+            seed_static_fits(self.spin, config.data.train, self.train_set, self.data_dir)
         self.loss_names = LOSS_NAMES + (SPIN_NAMES if self.spin is not None else ())
         self.step = 0
         self.batches_consumed = 0
@@ -297,8 +326,8 @@ class Trainer:
         try:
             ckpt = read_checkpoint(path)
             theirs = ckpt["config"].get("model", {})
-            for key in ("backbone", "pose_repr", "ief_iters", "joint_set"):
-                if theirs.get(key) != getattr(self.config.model, key):
+            for key in ("backbone", "pose_repr", "ief_iters", "joint_set", "regressor"):
+                if (theirs.get(key) or ("hmr" if key == "regressor" else None)) != getattr(self.config.model, key):
                     raise ValueError(f"{path} has model.{key}={theirs.get(key)!r}, this config "
                                      f"{getattr(self.config.model, key)!r}; they must match to fine-tune")
             load_weights(self.model, ckpt["model"], path, skip_prefix=SMPL_PREFIX)
