@@ -18,6 +18,7 @@ setup(
         "hmr_fast.data",
         "hmr_fast.fit",
         "hmr_fast.infer",
+        "hmr_fast.infer.people",
         "hmr_fast.export",
         "hmr_fast.kernels",
         "hmr_fast.training",

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from hmr_fast.infer.clips import render_crowd_clip
-from hmr_fast.infer.people_metrics import people_errors, tracking_report
-from hmr_fast.infer.people_video import PeopleConfig, run_people
+from hmr_fast.infer.people.metrics import people_errors, tracking_report
+from hmr_fast.infer.people.video import PeopleConfig, run_people
 from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
 
 

@@ -30,6 +30,7 @@ COMMANDS = {
     "export": ("hmr_fast.export.cli", "export a checkpoint to ONNX, TensorRT or AOTInductor"),
     "fit": ("hmr_fast.infer.fitting", "fit SMPL to keypoint files (OpenPose, COCO, SPIN, npz), batched"),
     "video": ("hmr_fast.infer.video", "recover meshes from a video, image folder or webcam"),
+    "images": ("hmr_fast.infer.people.images", "every person in every photograph: meshes fitted to each"),
     "demo": ("hmr_fast.infer.demo", "the end-to-end demo on a synthetic clip, nothing downloaded"),
 }
 

@@ -18,8 +18,8 @@ import pytest
 from video_frames import read_frames
 
 from hmr_fast.errors import CheckpointError, HmrFastError, UsageError
-from hmr_fast.infer import people
-from hmr_fast.infer.people import (MoveNetMultiPose, PersonDetection, letterbox, letterbox_size,
+from hmr_fast.infer.people import detector as people
+from hmr_fast.infer.people.detector import (MoveNetMultiPose, PersonDetection, letterbox, letterbox_size,
                                    merge_detections, movenet_weights, tile_grid, to_frame)
 
 FAKE_MODEL = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8  # a .tflite-looking header, not a model
@@ -358,7 +358,7 @@ def real_detector():
         movenet_weights()
     except HmrFastError as exc:
         pytest.skip(f"MoveNet weights not available: {exc}")
-    return MoveNetMultiPose(threads=1)
+    return MoveNetMultiPose(threads=1, tiles=(1, 1))  # the whole frame alone
 
 
 @pytest.fixture(scope="module")
@@ -453,6 +453,55 @@ def test_real_model_crowd_needs_tiles(real_detector, clip):
     assert sorted(inside.argmax(1).tolist()) == list(range(12)), inside.argmax(1)
 
 
+def test_real_model_crowd_found_with_default_tiles(real_detector, clip):
+    """The same 1280x720 crowd of 12 with no tiles asked for: the automatic grid finds each."""
+    frames, truth = clip
+    crowd = np.vstack([np.hstack([frames[(r + c) % 3] for c in range(4)]) for r in range(3)])
+    persons = np.array([truth[(r + c) % 3] + (320 * c, 240 * r) for r in range(3) for c in range(4)])
+    detector = MoveNetMultiPose(real_detector.model, threads=1)
+    found = detector(crowd)
+    assert detector.last_calls == 1 + 3 * 4  # a twelfth of 720 px is 60 px: 3 x 4 tiles
+    centres = np.array([d.keypoints[:, :2][d.keypoints[:, 2] > 0.3].mean(0) for d in found])
+    nearest = np.linalg.norm(centres[:, None] - persons.mean(1)[None], axis=-1).argmin(1)
+    assert len(found) == 12 and sorted(nearest.tolist()) == list(range(12)), nearest
+
+
+def test_auto_tiles_from_frame_size_and_people():
+    """The grid: none where people fill the frame, finer for smaller people and larger frames."""
+    from hmr_fast.infer.people.detector import auto_tiles
+    assert auto_tiles(720, 1280) == (3, 4)  # people 60 px tall: tiles of at most 6.5 x 60 = 390 px
+    assert auto_tiles(720, 1280, person_px=400) == (1, 1)
+    assert auto_tiles(1080, 1920) == auto_tiles(720, 1280)  # relative to the frame
+    rows, cols = auto_tiles(720, 1280, person_px=30)
+    assert rows > 3 and cols > 4
+    for h, w, person in [(720, 1280, 60), (480, 640, 40), (1080, 1920, 75), (720, 1280, 150)]:
+        rows, cols = auto_tiles(h, w, person)
+        side_h, side_w = h / (rows - 0.2 * (rows - 1)), w / (cols - 0.2 * (cols - 1))
+        assert max(side_h, side_w) <= 6.5 * person or (rows, cols) == (6, 6) or (rows, cols) == (1, 1) and \
+            max(h, w) <= 6.5 * person
+
+
+def test_auto_tiling_follows_the_people_found():
+    """First call: the finest grid; then coarser while everyone found is tall; the finest again
+    every AUTO_REFRESH-th call and after a call that found nobody."""
+    from hmr_fast.infer.people.detector import AUTO_REFRESH
+    detector = MoveNetMultiPose.__new__(MoveNetMultiPose)
+    detector._configure(0.2, 256, "auto", 0.2)
+
+    def fake_run(rgb, offset=(0, 0)):  # one 470 px person, seen by the whole frame only
+        kp = np.array([[[600.0, 100 + 25 * k, 0.9] for k in range(17)]]) if offset == (0, 0) else np.zeros((0, 17, 3))
+        box = np.array([[560.0, 90.0, 640.0, 560.0]]) if offset == (0, 0) else np.zeros((0, 4))
+        return box, np.array([0.9])[: len(box)], kp
+    detector._run = fake_run
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    grids = []
+    for _ in range(AUTO_REFRESH + 1):
+        detector(frame)
+        grids.append(detector.last_calls)
+    assert grids[0] == 13 and grids[1] == 1  # a 470 px person: the whole frame is enough
+    assert grids[AUTO_REFRESH] == 13 and set(grids[1:AUTO_REFRESH]) == {1}
+
+
 # --------------------------------------------------------------------------- between detections
 class _CountingDetector:
     """Stands in for a detector: one person whose keypoints sit where `points` says."""
@@ -468,7 +517,7 @@ class _CountingDetector:
 
 
 def test_detect_every_follows_people_with_the_image():
-    from hmr_fast.infer.people import DetectEvery
+    from hmr_fast.infer.people.detector import DetectEvery
 
     rng = np.random.default_rng(3)
     texture = cv2.GaussianBlur(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8), (5, 5), 1.5)
@@ -492,7 +541,7 @@ def test_detect_every_follows_people_with_the_image():
 
 
 def test_followed_keypoint_the_flow_loses_moves_with_its_person():
-    from hmr_fast.infer.people import DetectEvery
+    from hmr_fast.infer.people.detector import DetectEvery
 
     rng = np.random.default_rng(4)
     texture = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (5, 5), 1.5)
@@ -511,7 +560,7 @@ def test_followed_keypoint_the_flow_cannot_retrace_moves_with_its_person(monkeyp
     """The forward-backward check: a keypoint whose backward flow does not come back to
     where it started (someone passed in front of it, or it sits on a plain patch) is not
     trusted, although the forward flow reported it found."""
-    from hmr_fast.infer.people import DetectEvery
+    from hmr_fast.infer.people.detector import DetectEvery
 
     points = np.random.default_rng(5).uniform([60, 60], [260, 180], (17, 2))
     first = np.zeros((240, 320), np.uint8)  # the first frame's grey image

@@ -10,7 +10,7 @@ from video_frames import read_frames
 
 from hmr_fast.body.joint_sets import HMR19_NAMES
 from hmr_fast.data.keypoints import COCO17_NAMES
-from hmr_fast.infer.people_metrics import box_iou, match_people, tracking_report
+from hmr_fast.infer.people.metrics import box_iou, match_people, tracking_report
 
 W, H, T = 320, 180, 45  # 45 frames: walkers cross the frame at about twice a real walking pace
 
@@ -174,6 +174,35 @@ def _detections_from_truth(gt, seed, drop_frames=0.1, drop_people=0.05, noise=2.
     return per_frame
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_report_new_shows_people_from_their_first_frame(crowd, seed):
+    """report_new: everyone fed in the first frame is reported in it, and each keeps the id
+    they got there once their track is confirmed. A person who comes back after leaving the
+    frame (person 3) shows under a new id for one frame, until re-identification gives them
+    their old one (as without report_new, where they are not shown in that frame at all)."""
+    pytest.importorskip("norfair")
+    from hmr_fast.infer.people.tracking import PeopleTracker
+    gt, frames = crowd
+    per_frame = _detections_from_truth(gt, seed)
+    pred = _track(PeopleTracker((H, W), initialization_delay=1, report_new=True), per_frame, frames)
+    first_frame, first_people = per_frame[0]
+    assert first_frame == 0 and len(first_people) >= 2
+    shown_first = pred["frame"] == 0
+    assert sorted(pred["truth"][shown_first].tolist()) == sorted(p.truth for p in first_people)
+    by_truth, by_track = _truth_to_tracks(pred)
+    assert all(len(v) == 1 for v in by_track.values()), by_track  # no track jumps to someone else
+    for t in pred["truth"][shown_first].tolist():  # the first frame's ids are kept
+        first_id = int(pred["track_id"][shown_first & (pred["truth"] == t)][0])
+        for other in by_truth[t] - {first_id}:  # a returning person's one frame before re-identification
+            assert (pred["track_id"] == other).sum() == 1, (t, other)
+        assert (pred["track_id"] == first_id).sum() >= 0.8 * (pred["truth"] == t).sum()
+    # every detection of a person already being tracked is reported (none wait for confirmation)
+    fed = sum(len(people) for _, people in per_frame)
+    delayed = PeopleTracker((H, W), initialization_delay=1)
+    assert len(pred["frame"]) > len(_track(delayed, per_frame, frames)["frame"])
+    assert len(pred["frame"]) >= 0.95 * fed, (len(pred["frame"]), fed)
+
+
 @pytest.mark.parametrize("seed, with_frames", [(0, False), (1, False), (2, False), (0, True), (1, True)])
 def test_tracker_keeps_identities_over_the_crowd_clip(crowd, seed, with_frames):
     """Ground-truth keypoints of the crowd clip with noise, dropped frames and dropped people:
@@ -181,7 +210,7 @@ def test_tracker_keeps_identities_over_the_crowd_clip(crowd, seed, with_frames):
     back; people pass in front of each other), and no track jumps to another person; by
     keypoints alone, and with the colours too (with_frames)."""
     pytest.importorskip("norfair")
-    from hmr_fast.infer.people_tracking import PeopleTracker
+    from hmr_fast.infer.people.tracking import PeopleTracker
     gt, frames = crowd
     per_frame = _detections_from_truth(gt, seed)
     pred = _track(PeopleTracker((H, W)), per_frame, frames if with_frames else None)
@@ -243,7 +272,7 @@ def test_tracker_two_people_crossing(seed):
     there are two overlapping detections, one of them partial. Noise and dropped frames;
     ids never swap."""
     pytest.importorskip("norfair")
-    from hmr_fast.infer.people_tracking import PeopleTracker
+    from hmr_fast.infer.people.tracking import PeopleTracker
     rng = np.random.default_rng(seed)
     n = 120
     near = _walker(100, 4.0, 220, n, rng)
@@ -272,7 +301,7 @@ def test_tracker_gives_a_person_hidden_20_frames_their_id_back(stops):
     something, or standing still there; re-identification gives the old id back; without
     it the person comes back as someone new."""
     pytest.importorskip("norfair")
-    from hmr_fast.infer.people_tracking import PeopleTracker
+    from hmr_fast.infer.people.tracking import PeopleTracker
     n, gone = 90, range(30, 50)
     results = {}
     for reid in (True, False):
@@ -370,7 +399,7 @@ def test_tracker_tells_people_apart_by_their_colours(seed):
     alone the front person takes the hidden one's track (the check that it does can fail);
     with the frames, the colours keep both ids."""
     pytest.importorskip("norfair")
-    from hmr_fast.infer.people_tracking import PeopleTracker
+    from hmr_fast.infer.people.tracking import PeopleTracker
     images, per_frame = _meet_and_turn(seed)
     by_truth, by_track = _truth_to_tracks(_track(PeopleTracker((360, 640)), per_frame))
     assert len(by_truth[0]) > 1 or len(by_track[by_truth[1].pop()]) > 1, (by_truth, by_track)  # a swap
@@ -415,7 +444,7 @@ def test_reidentification_looks_at_colours(seed):
     lost person's id (the check that they do can fail), who then comes back as someone new;
     with the frames, the newcomer gets a new id and the lost person their own back."""
     pytest.importorskip("norfair")
-    from hmr_fast.infer.people_tracking import PeopleTracker
+    from hmr_fast.infer.people.tracking import PeopleTracker
     images, per_frame = _stand_in(seed)
     by_truth, _ = _truth_to_tracks(_track(PeopleTracker((360, 640)), per_frame))
     assert by_truth[1] <= by_truth[0] and len(by_truth[0]) == 2, by_truth
@@ -424,7 +453,7 @@ def test_reidentification_looks_at_colours(seed):
 
 
 def test_appearance_embedding_ignores_position_and_most_of_the_light():
-    from hmr_fast.infer.people_tracking import EMBEDDING_BINS, appearance_distance, appearance_embedding
+    from hmr_fast.infer.people.tracking import EMBEDDING_BINS, appearance_distance, appearance_embedding
     rng = np.random.default_rng(0)
     kp = _walker(0, 0, 180, 1, rng, noise=0.0)[0]
 
@@ -461,7 +490,7 @@ def test_appearance_embedding_ignores_position_and_most_of_the_light():
 
 def test_tracker_input_checks():
     pytest.importorskip("norfair")
-    from hmr_fast.infer.people_tracking import PeopleTracker
+    from hmr_fast.infer.people.tracking import PeopleTracker
     tracker = PeopleTracker((360, 640))
     kp = np.zeros((17, 3))
     assert tracker.update([Person(np.array([0, 0, 10, 10]), 0.9, kp)], 0) == []  # no confident keypoints
@@ -478,7 +507,7 @@ def test_tracker_input_checks():
 
 
 def test_tracker_without_norfair_says_how_to_install(monkeypatch):
-    from hmr_fast.infer.people_tracking import PeopleTracker
+    from hmr_fast.infer.people.tracking import PeopleTracker
     monkeypatch.setitem(sys.modules, "norfair", None)  # `import norfair` raises ImportError
     with pytest.raises(ImportError, match=r'pip install "hmr_fast\[people\]"'):
         PeopleTracker((360, 640))

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hmr_fast.infer.people_video import depth_order, track_color
+from hmr_fast.infer.people.stages import depth_order, track_color
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -41,7 +41,7 @@ class TruthDetector:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, image):
-        from hmr_fast.infer.people import PersonDetection
+        from hmr_fast.infer.people.detector import PersonDetection
 
         rows = np.flatnonzero((self.gt["frame"] == self.frame) & (self.gt["visible"] > 0.3))
         self.frame += self.every
@@ -56,7 +56,7 @@ class TruthDetector:
 
 def _run(crowd_dir, tmp_path, detector, refine, predictor=None, **options):
     from hmr_fast.infer import Predictor
-    from hmr_fast.infer.people_video import PeopleConfig, run_people
+    from hmr_fast.infer.people.video import PeopleConfig, run_people
     from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
 
     cfg = PeopleConfig(input=str(crowd_dir / "crowd.mp4"), out=str(tmp_path / f"o{refine}.mp4"),
@@ -69,7 +69,7 @@ def _run(crowd_dir, tmp_path, detector, refine, predictor=None, **options):
 
 def _fit_error_px(gt, params):
     """Median distance of the fitted COCO keypoints from the true visible ones, per matched row."""
-    from hmr_fast.infer.people_metrics import tracking_report
+    from hmr_fast.infer.people.metrics import tracking_report
 
     report = tracking_report(gt, params)
     g, p = report["matches"][:, 0], report["matches"][:, 1]
@@ -165,8 +165,8 @@ def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
     pytest.importorskip("norfair")
     pytest.importorskip("ai_edge_litert.interpreter")
     from hmr_fast.errors import HmrFastError
-    from hmr_fast.infer.people import movenet_weights
-    from hmr_fast.infer.people_metrics import tracking_report
+    from hmr_fast.infer.people.detector import movenet_weights
+    from hmr_fast.infer.people.metrics import tracking_report
 
     try:
         movenet_weights()

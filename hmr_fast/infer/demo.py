@@ -119,8 +119,8 @@ def add_arguments(parser) -> None:
 def run_people_demo(out_dir, checkpoint, num_frames: int = 90, device=None, seed: int = 0, log=print) -> dict:
     """Step 4 of the module docstring; returns {"video": summary, "tracking": ..., "accuracy": ...}."""
     from .clips import render_crowd_clip
-    from .people_metrics import people_errors, tracking_report
-    from .people_video import PeopleConfig, run_people
+    from .people.metrics import people_errors, tracking_report
+    from .people.video import PeopleConfig, run_people
 
     out_dir = Path(out_dir)
     log(f"rendering a {num_frames}-frame 640x360 clip of four mannequins -> {out_dir / 'crowd.mp4'}")
@@ -145,7 +145,7 @@ def people_unavailable() -> str:
             __import__(module)
         except ImportError:
             return f'{module} is not installed (pip install "hmr_fast[people]")'
-    from .people import movenet_weights
+    from .people.detector import movenet_weights
 
     try:
         movenet_weights()

@@ -262,15 +262,20 @@ def add_arguments(parser) -> None:
                         help="--people all: fit iterations per frame to the detected keypoints (0: HMR only)")
     parser.add_argument("--min-score", type=float, default=0.2,
                         help="--people all: leave out people the detector scores below this")
-    parser.add_argument("--tiles", default="1,1",
-                        help="--people all: ROWS,COLS detector tiles besides the whole frame (crowds of more "
-                             "than 6 people: e.g. 2,3)")
+    parser.add_argument("--tiles", default="auto",
+                        help="--people all: ROWS,COLS detector tiles besides the whole frame, or auto (default: "
+                             "from the frame size and the people found, fine enough for people a twelfth of the "
+                             "frame's height tall: 3,4 in 720p)")
     parser.add_argument("--detector-size", type=int, default=256, metavar="PX",
                         help="--people all: the longer side of the detector's input, per tile (192 is 40%% faster "
                              "on 3,4 tiles of a 1280x720 crowd, finding 2%% fewer people)")
-    parser.add_argument("--detect-every", type=int, default=1, metavar="N",
+    parser.add_argument("--detect-every", default="auto", metavar="N",
                         help="--people all: run the detector on every N-th frame and follow people by optical "
-                             "flow in between (crowds in real time: e.g. 4)")
+                             "flow in between; auto (default): from the detector's tiles (every 4th frame on "
+                             "3,4 tiles, every frame without tiles)")
+    parser.add_argument("--fit-start", default="auto", choices=("auto", "hmr", "learned"),
+                        help="--people all: the fit's start, per person the better of HMR's and the learned one "
+                             "from the keypoints (auto), or one of them")
     parser.add_argument("--mesh-faces", type=int, default=3000,
                         help="--people all: faces of the drawn (simplified) mesh; 0 draws the model's own")
     parser.add_argument("--no-smooth", action="store_true", help="no One-Euro smoothing of the parameters")
@@ -291,20 +296,23 @@ def _run_command(args) -> dict:
     """One person (run_video) or every person (people_video.run_people), from the options."""
     checkpoint = args.checkpoint or str(SHIPPED_CHECKPOINT)
     if args.people == "all":
-        from .people_video import PeopleConfig, run_people
+        from .people.video import PeopleConfig, run_people
 
-        try:
-            tiles = tuple(int(v) for v in args.tiles.split(","))
-        except ValueError:
-            tiles = ()
-        if len(tiles) != 2 or min(tiles) < 1:
-            raise ValueError(f"--tiles must be ROWS,COLS (positive integers), got {args.tiles!r}")
+        from .people.images import parse_tiles
+
+        tiles = parse_tiles(args.tiles)
+        every = args.detect_every
+        if every != "auto":
+            try:
+                every = int(every)
+            except ValueError:
+                raise ValueError(f"--detect-every must be a positive integer or auto, got {every!r}") from None
         detector = None if args.detector in (None, "movenet") else args.detector
         return run_people(PeopleConfig(
             input=args.input, out=args.out, checkpoint=checkpoint, save_params=args.save_params, detector=detector,
             backend=args.backend, device=args.device, precision=args.precision, max_frames=args.max_frames,
-            batch=args.batch, refine=args.refine, min_score=args.min_score, tiles=tiles, detect_every=args.detect_every,
-            detector_size=args.detector_size,
+            batch=args.batch, refine=args.refine, min_score=args.min_score, tiles=tiles, detect_every=every,
+            detector_size=args.detector_size, start=args.fit_start,
             mesh_faces=args.mesh_faces, smooth=not args.no_smooth, fps=args.fps))
     detector = args.detector or "none"
     if detector not in DETECTORS:

@@ -98,12 +98,14 @@ class VideoSink:
 
 
 class ParamsRecorder:
-    """Per-frame arrays, saved as one npz (keys: see `save`)."""
+    """Per-frame arrays, saved as one npz (keys: see `save`). fields: {key: (row shape,
+    dtype)} of every key the rows have, so that a file with no rows still has each key."""
 
-    def __init__(self, path):
+    def __init__(self, path, fields: Optional[dict] = None, option: str = "--save-params"):
         self.path = Path(path)
         if self.path.suffix != ".npz":
-            raise ValueError(f"--save-params {self.path}: must end in .npz")
+            raise ValueError(f"{option} {self.path}: must end in .npz")
+        self.fields = fields or {}
         self.rows: dict = {}
 
     def add(self, **arrays) -> None:
@@ -115,6 +117,8 @@ class ParamsRecorder:
 
     def save(self, index_key: str = "frame_index", **meta) -> Path:
         arrays = {k: np.stack(v) for k, v in self.rows.items() if v}
+        for key, (shape, dtype) in self.fields.items():  # present even when no row was added
+            arrays.setdefault(key, np.zeros((0, *shape), dtype))
         arrays.setdefault(index_key, np.zeros(0, dtype=np.int64))  # present even when no frame was done
         for key, value in meta.items():
             arrays[key] = np.asarray(value)

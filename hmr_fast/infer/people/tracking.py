@@ -217,7 +217,7 @@ class PeopleTracker:
                  initialization_delay: int = 3, reid: bool = True, reid_max_frames: int = 60,
                  reid_distance_threshold: float = 0.6, keypoint_threshold: float = 0.2, min_keypoints: int = 3,
                  appearance_weight: float = 0.3, appearance_threshold: float = 0.5, appearance_rate: float = 0.1,
-                 appearance_overlap: float = 0.25):
+                 appearance_overlap: float = 0.25, report_new: bool = False):
         norfair = _import_norfair()
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         if not 0 <= initialization_delay < hit_counter_max:
@@ -250,7 +250,10 @@ class PeopleTracker:
                 R=4.0, Q=1.0, vel_variance=300.0), **options)
         self._tracker.distance_function = _AllPairs(self)
         self._Detection = norfair.Detection
+        self.report_new = bool(report_new)
         self._ids: dict = {}  # norfair's id -> ours
+        self._new: dict = {}  # norfair's initializing_id -> ours, for tracks reported before confirmation
+        self._next_id = 0
         self._appearance: dict = {}  # norfair's initializing_id -> (running mean embedding, updates)
         self._last_frame = None
 
@@ -388,12 +391,27 @@ class PeopleTracker:
         self._last_frame = frame_index
         tracked = self._tracker.update(candidates)
         self._remember_appearance(frame_index)
+        if self.report_new:
+            tracked = [o for o in self._tracker.tracked_objects if o.hit_counter_is_positive]
         out = []
         for obj in tracked:
             data = obj.last_detection.data
             if data["frame"] != frame_index:
                 continue  # not seen in this frame
-            if obj.id not in self._ids:
-                self._ids[obj.id] = len(self._ids)
-            out.append((self._ids[obj.id], data["detection"]))
+            out.append((self._our_id(obj), data["detection"]))
         return sorted(out, key=lambda pair: pair[0])
+
+    def _our_id(self, obj) -> int:
+        """Ours for a norfair track: ints from 0 in the order tracks are first reported; a
+        track reported while being confirmed keeps its id once confirmed."""
+        if obj.id is None:  # still being confirmed (report_new)
+            key = ("new", obj.initializing_id)
+        else:
+            key = obj.id
+            if key not in self._ids and ("new", obj.initializing_id) in self._new:
+                self._ids[key] = self._new.pop(("new", obj.initializing_id))
+        table = self._new if obj.id is None else self._ids
+        if key not in table:
+            table[key] = self._next_id
+            self._next_id += 1
+        return table[key]

@@ -27,29 +27,28 @@ Like the single-person mode, the video and the npz are complete when the run is 
 """
 from __future__ import annotations
 
-import colorsys
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import torch
 
-from hmr_fast import camera
 from hmr_fast.devices import cpu_threads, resolve_device, torch_threads
-from hmr_fast.fit import FitSettings, KeypointFitter, keypoint_format
-from hmr_fast.render import simplified_faces
-from hmr_fast.rotations import rodrigues, rotmat_to_axis_angle
+from hmr_fast.fit import FitSettings
 
-from .frames import FrameReader
-from .overlay import MeshOverlay, draw_keypoints
-from .predictor import Predictor
-from .smoothing import ParameterSmoother
-from .pipeline import (DETECTION_EXPAND, BodyPoser, StopSignals, Timer, check_run_limits, close_run,
-                       frame_chunks, frame_written, progress_bar, timing_summary)
-from .writer import ParamsRecorder, VideoSink
+from ..frames import FrameReader
+from ..overlay import draw_keypoints
+from ..predictor import Predictor
+from ..smoothing import ParameterSmoother
+from ..pipeline import (StopSignals, Timer, check_run_limits, close_run, frame_chunks, frame_written, progress_bar,
+                        timing_summary)
+from ..writer import ParamsRecorder, VideoSink
+from .stages import (MIN_KEYPOINT_SCORE, ROW_FIELDS, Fitted, PeopleFit, crop_boxes, detected_keypoints, draw_people,
+                     hmr_parameters, people_count, person_rows, scene, track_color)
 
-MIN_KEYPOINT_SCORE = 0.2  # detected keypoints below this confidence do not pull the fit
+# the npz's keys: every person's row, and the frame and track it belongs to
+VIDEO_FIELDS = {"frame": ((), np.int64), "track_id": ((), np.int64), **ROW_FIELDS, "followed": ((), np.int64)}
+START_CHOICES = ("auto", "hmr", "learned")
 FORGET_AFTER_S = 3.0  # a track unseen this long loses its filters and its last fit
 STAGES = ("detect", "hmr", "fit", "mesh_and_draw")  # the summary's stage_ms: mean ms per frame of each
 
@@ -68,9 +67,10 @@ class PeopleConfig:
     batch: int = 1  # frames whose people share one HMR call
     refine: int = 10  # fit iterations per frame (0: HMR only)
     min_score: float = 0.2  # people the detector is less sure of are left out
-    tiles: tuple = (1, 1)  # detector tiles (rows, cols) besides the whole frame, for crowds
+    tiles: object = "auto"  # detector tiles (rows, cols) besides the whole frame, for crowds; or "auto"
     detector_size: int = 256  # the longer side of each detector input (192: 40% less time on tiles)
-    detect_every: int = 1  # run the detector on every N-th frame; optical flow follows people between
+    detect_every: object = "auto"  # the detector on every N-th frame (optical flow between); or "auto"
+    start: str = "auto"  # the fit's start: "auto" (HMR's or the learned one, the better), "hmr", "learned"
     mesh_faces: int = 3000  # faces of the drawn (simplified) mesh; 0: the model's own
     smooth: bool = True
     fps: Optional[float] = None
@@ -87,55 +87,33 @@ class PeopleConfig:
             raise ValueError(f"--min-score must be in [0, 1), got {self.min_score}")
         if not 32 <= self.detector_size <= 1024:
             raise ValueError(f"--detector-size must be 32..1024 pixels, got {self.detector_size}")
-        if self.detect_every < 1:
-            raise ValueError(f"--detect-every must be >= 1, got {self.detect_every}")
+        if self.detect_every != "auto" and self.detect_every < 1:
+            raise ValueError(f"--detect-every must be >= 1 or auto, got {self.detect_every}")
+        if self.start not in START_CHOICES:
+            raise ValueError(f"--fit-start must be one of {', '.join(START_CHOICES)}, got {self.start!r}")
         if self.mesh_faces < 0:
             raise ValueError(f"--mesh-faces must be >= 0 (0: the full mesh), got {self.mesh_faces}")
 
 
-def track_color(track_id: int) -> tuple:
-    """A BGR colour per track: hues a golden-ratio step apart, so neighbours differ."""
-    r, g, b = colorsys.hsv_to_rgb((0.13 + 0.618034 * track_id) % 1.0, 0.55, 0.95)
-    return (int(255 * b), int(255 * g), int(255 * r))
-
-
-def crop_boxes(detections) -> np.ndarray:
-    """(P, 3) square crops (cx, cy, size) around the detections' boxes, with the training
-    crops' margin."""
-    return np.array([camera.as_box(d.box) * (1.0, 1.0, DETECTION_EXPAND) for d in detections]).reshape(-1, 3)
-
-
-def depth_order(cam: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """People's indices far to near: under weak perspective a body's distance is inversely
-    proportional to its scale in pixels, s * size."""
-    return np.argsort(cam[:, 0] * boxes[:, 2], kind="stable")
-
-
 class TrackFits:
-    """The batched fit of every person of a frame to their detected keypoints: it starts
-    from HMR's (smoothed) pose and camera of this frame, and from the shape its track's
-    earlier fits found (a person's shape does not change; their pose does, faster than a
-    few iterations from the last frame's fit follow). On the tests' crowd clip (true
-    keypoints + 2 px noise as detections, the demo model) the median keypoint error is 5.0 px
-    with HMR alone, 2.6 px after 10 iterations and 1.9 px after 30."""
+    """The per-frame fit (`stages.PeopleFit`, --refine iterations) of every person of a
+    frame, each from the better of HMR's (smoothed) pose and camera of this frame (or their
+    previous frame's, when followed) and the learned start from their keypoints, and from
+    the shape their track's earlier fits found (a person's shape does not change; their pose
+    does, faster than a few iterations from the last frame's fit follow)."""
 
-    def __init__(self, smpl, iters: int, lr: float = 0.05):
+    def __init__(self, smpl, iters: int, lr: float = 0.05, initializer=None, always_learned: bool = False):
         settings = FitSettings(iters=iters, torso_iters=0, try_flip=False, lr=lr)
-        self.fitter = KeypointFitter(smpl, keypoint_format("coco17"), settings)
+        self.fit = PeopleFit(smpl, settings, initializer, always_learned)
         self.betas: dict = {}  # track id -> the betas of its last fit
 
-    def __call__(self, track_ids, keypoints, boxes, rot_mats, betas, cam) -> tuple:
-        """(rot_mats (P, 24, 3, 3), betas, cam, fitted keypoints (P, 17, 2) pixels)."""
-        pose = rotmat_to_axis_angle(rot_mats).reshape(len(track_ids), -1)
-        betas = np.array([self.betas.get(tid, b) for tid, b in zip(track_ids, betas)], dtype=np.float64)
-        init = {"global_orient": pose[:, :3], "body_pose": pose[:, 3:], "betas": betas, "cam": cam}
-        with torch.enable_grad():
-            fit = self.fitter.fit(keypoints, boxes, init)
-        pose = torch.cat([fit.global_orient, fit.body_pose], 1).cpu().numpy().astype(np.float64)
-        betas, cam = fit.betas.cpu().numpy().astype(np.float64), fit.camera.cpu().numpy().astype(np.float64)
-        self.betas.update(zip(track_ids, betas))
-        rot = rodrigues(torch.as_tensor(pose).view(len(track_ids), -1, 3)).numpy()
-        return rot, betas, cam, fit.keypoints2d.cpu().numpy()
+    def __call__(self, track_ids, keypoints, boxes, rot_mats, betas, cam) -> Fitted:
+        if self.fit.settings.iters:  # with no iterations, HMR's own shape (HMR alone)
+            betas = np.array([self.betas.get(tid, b) for tid, b in zip(track_ids, betas)], dtype=np.float64)
+        out = self.fit(keypoints, boxes, rot_mats, betas, cam)
+        if self.fit.settings.iters:
+            self.betas.update(zip(track_ids, out.betas))
+        return out
 
     def forget(self, track_ids) -> None:
         for tid in track_ids:
@@ -153,8 +131,8 @@ def run_people(cfg: PeopleConfig, predictor: Optional[Predictor] = None, detecto
 
 
 def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
-    from .people import DetectEvery, MoveNetMultiPose
-    from .people_tracking import PeopleTracker
+    from .detector import DetectEvery, MoveNetMultiPose
+    from .tracking import PeopleTracker
 
     reader = FrameReader(cfg.input, cfg.max_frames, queue_size=max(8, 2 * cfg.batch), fps=cfg.fps)
     sink = recorder = None
@@ -169,23 +147,21 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
         if detector is None:
             detector = MoveNetMultiPose(cfg.detector, threads=threads, min_score=cfg.min_score, tiles=cfg.tiles,
                                         input_size=cfg.detector_size)
-        if cfg.detect_every > 1:
+        if cfg.detect_every != 1:
             detector = DetectEvery(detector, cfg.detect_every)
         if predictor is None:
             predictor = Predictor(cfg.checkpoint, cfg.backend, cfg.device, cfg.precision, max_batch=32,
                                   with_vertices=False, threads=threads)
-        poser = BodyPoser(predictor.backend.smpl_model, "hmr19", predictor.device)
-        faces = poser.faces
-        if cfg.mesh_faces:
-            faces = simplified_faces(poser.smpl.v_template.cpu().numpy(), faces, cfg.mesh_faces)
-        # the z-buffer rasterizer: on the CPU too it draws every person of a frame in one call
-        overlay = MeshOverlay(faces, predictor.device, rasterizer="torch")
-        refiner = TrackFits(poser.smpl, cfg.refine) if cfg.refine else None
-        # tracks reported from their second frame: on the rendered crowds (24 people,
-        # benchmarks/people_video.py) 5-7 points more recall than from the fourth, as precise
-        tracker = PeopleTracker((info.height, info.width), initialization_delay=1)
+        poser, overlay = scene(predictor, cfg.mesh_faces)
+        # with --refine 0 the "fit" only measures HMR's start (its loss, its keypoints)
+        refiner = TrackFits(poser.smpl, cfg.refine, initializer=learned_start(cfg.start) if cfg.refine else None,
+                            always_learned=cfg.start == "learned")
+        # tracks confirmed from their second frame (on the rendered crowds, 24 people,
+        # benchmarks/people_video.py, 5-7 points more recall than from the fourth, as
+        # precise) and reported from their first
+        tracker = PeopleTracker((info.height, info.width), initialization_delay=1, report_new=True)
         sink = VideoSink(cfg.out, info.fps, info.width, info.height)
-        recorder = ParamsRecorder(cfg.save_params) if cfg.save_params else None
+        recorder = ParamsRecorder(cfg.save_params, VIDEO_FIELDS) if cfg.save_params else None
         log(f"{cfg.input}: {info.width}x{info.height} at {info.fps:.1f} fps; every person: {type(detector).__name__}, "
             f"HMR on {predictor.backend_name} ({predictor.device}), "
             + (f"{cfg.refine} fit iterations per frame" if cfg.refine else "no fit"))
@@ -210,7 +186,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
                 for tid, _ in people:
                     last_seen[tid] = t
                     seen_tracks.add(tid)
-                with frame_written(frame, f"{len(people)} people", t0, timer, predictor, sink, stop):
+                with frame_written(frame, people_count(len(people)), t0, timer, predictor, sink, stop):
                     if recorder is not None:
                         for row in rows:
                             recorder.add(frame=index, **row)
@@ -224,8 +200,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
                 last_seen.pop(tid)
                 smoothers.pop(tid, None)
                 last_params.pop(tid, None)
-                if refiner is not None:
-                    refiner.forget([tid])
+                refiner.forget([tid])
         bar.close()
     except KeyboardInterrupt:
         summary["interrupted"] = True
@@ -240,25 +215,32 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
     return timing_summary(summary, timer, t_start)
 
 
+def learned_start(start: str):
+    """The learned start from keypoints for the fit, unless --start hmr."""
+    if start == "hmr":
+        return None
+    from hmr_fast.fit.initializer import default_initializer, initialize
+
+    model = default_initializer()
+    return lambda keypoints, boxes: initialize(keypoints, boxes, model)
+
+
 def _hmr_fresh(chunk, tracked, predictor, last_params, stages) -> list:
     """HMR in one call for the people of these frames who need it: the detected ones, and
     the followed ones with no earlier frame to start from. Per frame, {track id: (rot_mats,
     betas, cam)} as HMR predicted them (not yet smoothed)."""
     t0 = time.perf_counter()
     known = set(last_params)
-    crops, where = [], []
+    todo, where = [], []
     for k, ((_, frame), people) in enumerate(zip(chunk, tracked)):
-        for (tid, det), box in zip(people, crop_boxes([d for _, d in people])):
-            if det.followed and tid in known:
-                continue
-            known.add(tid)
-            crops.append(camera.crop(frame, box, predictor.img_size))
-            where.append((k, tid))
+        fresh = [(tid, box) for (tid, det), box in zip(people, crop_boxes([d for _, d in people]))
+                 if not (det.followed and tid in known)]
+        known.update(tid for tid, _ in fresh)
+        todo.append((frame, [box for _, box in fresh]))
+        where += [(k, tid) for tid, _ in fresh]
     out = [{} for _ in chunk]
-    if crops:
-        raw = predictor.run_batches(np.stack(crops))
-        for j, (k, tid) in enumerate(where):
-            out[k][tid] = tuple(raw[key][j].astype(np.float64) for key in ("rot_mats", "betas", "cam"))
+    for (k, tid), *params in zip(where, *hmr_parameters(predictor, todo)):
+        out[k][tid] = tuple(params)
     stages["hmr"] += time.perf_counter() - t0
     return out
 
@@ -281,33 +263,18 @@ def _mesh_people(people, frame, t, fresh, poser, overlay, refiner, smoothers, la
         else:  # followed: from the track's previous frame
             params.append(last_params[tid])
     rot, betas, cam = (np.stack(column) for column in zip(*params))
-    keypoints = np.stack([d.keypoints for d in dets]).astype(np.float64)
-    keypoints[..., 2] = np.where(keypoints[..., 2] >= MIN_KEYPOINT_SCORE, keypoints[..., 2], 0.0)
-    fitted_kp = None
-    if refiner is not None:
-        rot, betas, cam, fitted_kp = refiner(ids, keypoints, boxes, rot, betas, cam)
+    keypoints = detected_keypoints(dets)
+    fitted = refiner(ids, keypoints, boxes, rot, betas, cam)
+    rot, betas, cam = fitted.rot_mats, fitted.betas, fitted.cam
     last_params.update((tid, (rot[i], betas[i], cam[i])) for i, tid in enumerate(ids))
     t2 = time.perf_counter()
     stages["fit"] += t2 - t1
-    _, keypoints_px, vertices_px = poser(rot, betas, cam, boxes)
-    order = depth_order(cam, boxes)
-    overlay.meshes(frame, vertices_px[order], [track_color(ids[i]) for i in order])
+    draw_people(frame, poser, overlay, rot, betas, cam, boxes, [track_color(i) for i in ids])
     if cfg.draw_keypoints:
         for d in dets:
             draw_keypoints(frame, d.keypoints[:, :2][d.keypoints[:, 2] >= MIN_KEYPOINT_SCORE])
     stages["mesh_and_draw"] += time.perf_counter() - t2
-    if fitted_kp is None:
-        fitted_kp = _coco_keypoints(keypoints_px)
-    pose = rotmat_to_axis_angle(rot).reshape(len(ids), -1)
-    return [{"track_id": tid, "box": np.asarray(d.box, dtype=np.float64), "score": float(d.score),
-             "keypoints2d": d.keypoints.astype(np.float64), "keypoints2d_fit": fitted_kp[i],
-             "betas": betas[i], "body_pose": pose[i, 3:], "global_orient": pose[i, :3], "camera": cam[i],
-             "crop_box": boxes[i], "followed": int(d.followed)} for i, (tid, d) in enumerate(people)]
-
-
-def _coco_keypoints(keypoints_px: np.ndarray) -> np.ndarray:
-    """The COCO 17 rows (pixels; NaN where hmr19 has none) of the posed body's hmr19 keypoints."""
-    rows = np.asarray(keypoint_format("coco17").rows)
-    out = keypoints_px[:, np.clip(rows, 0, None)]
-    out[:, rows < 0] = np.nan
-    return out
+    rows = person_rows(dets, boxes, rot, betas, cam, fitted.keypoints2d, fitted.loss)
+    for row, tid, d in zip(rows, ids, dets):
+        row.update(track_id=tid, followed=int(d.followed))
+    return rows
