@@ -38,9 +38,10 @@ from hmr_fast.infer.people.video import PeopleConfig, run_people
 from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
 
 
-def run(clip: Path, out_dir: Path, device: str, refine: int, tiles=(1, 1), every: int = 1, batch: int = 1,
+def run(clip: Path, out_dir: Path, device: str, refine: int, tiles=(1, 1), every=1, batch: int = 1,
         size: int = 256) -> tuple:
-    name = f"r{refine}_t{tiles[0]}x{tiles[1]}_e{every}_b{batch}_s{size}"
+    grid = "auto" if tiles == "auto" else f"{tiles[0]}x{tiles[1]}"
+    name = f"r{refine}_t{grid}_e{every}_b{batch}_s{size}"
     cfg = PeopleConfig(input=str(clip), out=str(out_dir / f"overlay_{name}.mp4"), checkpoint=str(SHIPPED_CHECKPOINT),
                        save_params=str(out_dir / f"people_{name}.npz"), device=device, refine=refine, tiles=tiles,
                        detect_every=every, batch=batch, detector_size=size, progress=False)
@@ -77,12 +78,15 @@ def main(argv=None) -> None:
     frames = int(gt["num_frames"])
     report["crowd"] = {"in_frame_per_frame": len(gt["frame"]) / frames,
                        "half_visible_per_frame": float((gt["visible"] >= 0.5).sum()) / frames}
-    crowd_runs = (("every frame", (3, 4), 1, 10, 256), ("every 4th frame", (3, 4), 4, 5, 256),
+    default = PeopleConfig(input="", out="", checkpoint="")
+    crowd_runs = (("default flags (automatic tiles and detect-every)", default.tiles, default.detect_every,
+                   default.refine, default.detector_size),
+                  ("every frame", (3, 4), 1, 10, 256), ("every 4th frame", (3, 4), 4, 5, 256),
                   ("every 4th frame, 192 px", (3, 4), 4, 5, 192), ("every 5th frame, 192 px", (3, 4), 5, 5, 192))
     for name, tiles, every, refine, size in crowd_runs:
         summary, params = run(big / "crowd.mp4", big, args.device, refine, tiles, every, size=size)
         half = tracking_report(gt, params, min_visible=0.5)
-        entry = {"tiles": list(tiles), "detect_every": every, "detector_size": size, "refine": refine,
+        entry = {"tiles": tiles if tiles == "auto" else list(tiles), "detect_every": every, "detector_size": size, "refine": refine,
                  "fps": summary["fps"],
                  "people_per_frame": summary["people_rows"] / max(summary["frames"], 1), "tracks": summary["tracks"],
                  "recall_half_visible": half["recall"], "precision": half["precision"],

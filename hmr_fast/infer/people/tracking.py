@@ -251,8 +251,9 @@ class PeopleTracker:
         self._tracker.distance_function = _AllPairs(self)
         self._Detection = norfair.Detection
         self.report_new = bool(report_new)
+        self.reid = bool(reid)
         self._ids: dict = {}  # norfair's id -> ours
-        self._new: dict = {}  # norfair's initializing_id -> ours, for tracks reported before confirmation
+        self._new: dict = {}  # norfair's initializing_id -> ours, for tracks shown before confirmation
         self._next_id = 0
         self._appearance: dict = {}  # norfair's initializing_id -> (running mean embedding, updates)
         self._last_frame = None
@@ -393,25 +394,45 @@ class PeopleTracker:
         self._remember_appearance(frame_index)
         if self.report_new:
             tracked = [o for o in self._tracker.tracked_objects if o.hit_counter_is_positive]
-        out = []
-        for obj in tracked:
-            data = obj.last_detection.data
-            if data["frame"] != frame_index:
-                continue  # not seen in this frame
-            out.append((self._our_id(obj), data["detection"]))
+        seen = [o for o in tracked if o.last_detection.data["frame"] == frame_index]
+        out = [(self._our_id(o), o.last_detection.data["detection"]) for o in seen if o.id is not None]
+        # new tracks, shown before confirmation; not those of detections carried from an earlier
+        # frame (`followed`: those people were found before, their track lost them)
+        for obj in (o for o in seen if o.id is None and not getattr(o.last_detection.data["detection"], "followed",
+                                                                     False)):
+            out.append((self._new_id(obj, frame_index, {i for i, _ in out}), obj.last_detection.data["detection"]))
         return sorted(out, key=lambda pair: pair[0])
 
+    def _fresh_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
     def _our_id(self, obj) -> int:
-        """Ours for a norfair track: ints from 0 in the order tracks are first reported; a
-        track reported while being confirmed keeps its id once confirmed."""
-        if obj.id is None:  # still being confirmed (report_new)
-            key = ("new", obj.initializing_id)
-        else:
-            key = obj.id
-            if key not in self._ids and ("new", obj.initializing_id) in self._new:
-                self._ids[key] = self._new.pop(("new", obj.initializing_id))
-        table = self._new if obj.id is None else self._ids
-        if key not in table:
-            table[key] = self._next_id
-            self._next_id += 1
-        return table[key]
+        """Ours for a confirmed norfair track: ints from 0 in the order tracks are first
+        reported; one reported while being confirmed keeps that id (unless another track
+        holds it by now)."""
+        if obj.id not in self._ids:
+            early = self._new.pop(obj.initializing_id, None)
+            self._ids[obj.id] = early if early is not None and early not in self._ids.values() else self._fresh_id()
+        return self._ids[obj.id]
+
+    def _new_id(self, obj, frame_index: int, taken: set) -> int:
+        """Ours for a track still being confirmed: the id it was first shown under, else a
+        lost track's that re-identification picks (not one shown in this frame), else a new one."""
+        if obj.initializing_id not in self._new:
+            lost = self._lost_match(obj, frame_index, taken) if self.reid else None
+            self._new[obj.initializing_id] = lost if lost is not None else self._fresh_id()
+        return self._new[obj.initializing_id]
+
+    def _lost_match(self, new, frame_index: int, taken: set):
+        """Our id of the confirmed track not seen in this frame nearest to `new` by the
+        re-identification distance, below its threshold; or None."""
+        best, best_distance = None, self.reid_distance_threshold
+        for old in self._tracker.tracked_objects:
+            if old.id is None or old.id not in self._ids or self._ids[old.id] in taken \
+                    or old.last_detection.data["frame"] == frame_index:
+                continue
+            distance = self._reid_distance(new, old)
+            if distance < best_distance:
+                best, best_distance = self._ids[old.id], distance
+        return best
