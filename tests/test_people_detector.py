@@ -487,6 +487,7 @@ def test_auto_tiling_follows_the_people_found():
     from hmr_fast.infer.people.detector import AUTO_REFRESH
     detector = MoveNetMultiPose.__new__(MoveNetMultiPose)
     detector._configure(0.2, 256, "auto", 0.2)
+    detector.photos = False
 
     def fake_run(rgb, offset=(0, 0)):  # one 470 px person, seen by the whole frame only
         kp = np.array([[[600.0, 100 + 25 * k, 0.9] for k in range(17)]]) if offset == (0, 0) else np.zeros((0, 17, 3))
@@ -538,6 +539,21 @@ def test_detect_every_follows_people_with_the_image():
     assert inner.calls == 3  # frames 0, 4, 8
     with pytest.raises(UsageError, match="--detect-every must be >= 1"):
         DetectEvery(inner, every=0)
+
+
+def test_detect_every_looks_again_after_a_cut():
+    """Between detections, a frame of another scene (the flow keeps almost none of the
+    keypoints: a folder of unrelated photos) is detected afresh, and the cadence restarts."""
+    from hmr_fast.infer.people.detector import DetectEvery
+
+    rng = np.random.default_rng(6)
+    scenes = [cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (5, 5), 1.5) for _ in range(2)]
+    inner = _CountingDetector(rng.uniform([100, 80], [220, 160], (17, 2)))
+    follow = DetectEvery(inner, every=4)
+    followed = [follow(frame)[0].followed for frame in [scenes[0], scenes[0], scenes[1], scenes[1], scenes[1]]]
+    assert followed == [False, True, False, True, True] and inner.calls == 2
+    auto = DetectEvery(_CountingDetector(inner.points), every="auto")  # one model call a frame: every frame
+    assert [auto(scenes[0])[0].followed for _ in range(3)] == [False] * 3
 
 
 def test_followed_keypoint_the_flow_loses_moves_with_its_person():

@@ -85,6 +85,9 @@ AUTO_REFRESH = 8  # every 8th call of an automatic detector looks with the fines
 # 12-17 ms on the 2-core CPU at 256 px), so 3 x 4 tiles + the whole frame run every 4th frame
 AUTO_CALLS_PER_FRAME = 4
 MAX_AUTO_EVERY = 6
+# Between detections: a frame whose small grey image correlates less than this with the
+# previous one's is another scene (a cut, a folder of photos): detect again
+MIN_SCENE_CORRELATION = 0.3  # (a blurred-noise texture moved 3 px: 0.45; unrelated: ~0)
 # COCO's per-keypoint OKS sigmas, in COCO17_NAMES' order (cocoapi's COCOeval).
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
 
@@ -468,6 +471,19 @@ class MoveNetMultiPose:
 
 
 # --------------------------------------------------------------------------- between detections
+def same_scene(before: np.ndarray, now: np.ndarray) -> float:
+    """The correlation of two grey frames at 64 px wide: near 1 for the same scene moving,
+    near 0 for unrelated images; 1 where either is flat (nothing to tell them apart)."""
+    if before is None or before.shape != now.shape:
+        return 0.0
+    h, w = now.shape[:2]
+    size = (64, max(1, round(64 * h / w)))
+    a, b = (cv2.resize(g, size, interpolation=cv2.INTER_AREA).astype(np.float64).ravel() for g in (before, now))
+    a, b = a - a.mean(), b - b.mean()
+    norm = np.sqrt((a @ a) * (b @ b))
+    return float(a @ b / norm) if norm > 1e-6 * a.size else 1.0
+
+
 class DetectEvery:
     """A detector run on every `every`-th frame; in the frames between, the people it found
     are followed: each keypoint moves with the image (pyramidal Lucas-Kanade optical flow,
@@ -482,7 +498,9 @@ class DetectEvery:
     2-core CPU, following 13 people through a 1280x720 frame costs about 11 ms where
     MoveNet on 3x4 tiles costs 130-220 (192-256 px inputs). every="auto": after each run the
     next one comes when the detector's model calls (its `last_calls`: 1 + its tiles) average
-    AUTO_CALLS_PER_FRAME per frame, at most every MAX_AUTO_EVERY frames."""
+    AUTO_CALLS_PER_FRAME per frame, at most every MAX_AUTO_EVERY frames. A frame of another
+    scene (`same_scene` below MIN_SCENE_CORRELATION: a cut, a folder of photos) is detected
+    afresh."""
 
     def __init__(self, detector, every, window: int = 21, levels: int = 3, max_return: float = 1.0):
         if every != "auto" and int(every) < 1:
@@ -498,11 +516,13 @@ class DetectEvery:
 
     def __call__(self, frame_bgr: np.ndarray) -> list:
         gray = cv2.cvtColor(np.asarray(frame_bgr), cv2.COLOR_BGR2GRAY)
-        if self._wait <= 0 or self._gray is None or self._gray.shape != gray.shape:
+        due = self._wait <= 0 or self._gray is None or self._gray.shape != gray.shape
+        due = due or same_scene(self._gray, gray) < MIN_SCENE_CORRELATION
+        if not due and self._last:
+            self._last = self._follow(self._gray, gray, self._last)
+        if due:
             self._last = self.detector(frame_bgr)
             self._wait = self._interval()
-        elif self._last:
-            self._last = self._follow(self._gray, gray, self._last)
         self._gray = gray
         self._wait -= 1
         return self._last
