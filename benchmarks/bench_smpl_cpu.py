@@ -11,9 +11,17 @@ Modes:
   off, hmr_fast.kernels.cpu.ENABLED = False: the torch path that runs without a C compiler);
 - forward+backward: a loss on vertices and joints;
 - joints-only forward+backward: SMPL's 24 chain joints without vertices, what a fitting
-  iteration needs (smplfitter and body-models have joints-only paths; smplx has none and
-  poses the mesh); "reference hmr19" is the training loss's 19 keypoints, whose regressor
-  reads 1254 posed vertices.
+  iteration needs, set up as a user of smplx or smplfitter fits: betas, body_pose and
+  global_orient require gradients and get them, transl is given (no gradient), a loss on the
+  24 joints (smplfitter and body-models have joints-only paths; smplx has none and poses the
+  mesh); 10 warm-up rounds, then 100-500 rounds (20 for smplx and body-models from B = 64)
+  per implementation; "reference hmr19" is the training loss's 19 keypoints, whose regressor
+  reads 1254 posed vertices;
+- the same joints-only step, interleaved call by call (test_joints_interleaved): smplfitter,
+  body-models and the reference take turns, one step each per round (the order rotating), so
+  none runs a warm stretch of its own (its allocations and caches undisturbed) and a burst of
+  load hits all alike; each implementation's median over the rounds (smplx, 0.1-2 s a step,
+  is left out).
 
 Run (one thread, so that the figures compare core for core):
     pytest benchmarks/bench_smpl_cpu.py --benchmark-json benchmarks/results/cpu_smpl_peers.json
@@ -22,9 +30,11 @@ With HMR_BENCH_LOADED=1, torch asks for 2 threads while another process keeps on
 Table: `python benchmarks/summarize.py benchmarks/results/cpu_smpl_peers.json`.
 """
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -108,13 +118,19 @@ def _build(impl, data, smplx_dir):
     raise ValueError(impl)
 
 
-def _inputs(batch, requires_grad=False):
+# What a fit optimises (and gets gradients for); transl is given, as a fit to 3D joints with a
+# known root position, or to 2D keypoints with the camera carrying the translation, has it.
+FIT_INPUTS = ("betas", "body_pose", "global_orient")
+
+
+def _inputs(batch, requires_grad=False, wrt=None):
+    """Seeded inputs; requires_grad=True makes every one a leaf that requires grad, `wrt` only those named."""
     gen = torch.Generator().manual_seed(batch)
     tensors = dict(betas=torch.randn(batch, 10, generator=gen),
                    body_pose=torch.randn(batch, 69, generator=gen) * 0.5,
                    global_orient=torch.randn(batch, 3, generator=gen),
                    transl=torch.randn(batch, 3, generator=gen))
-    return {k: v.requires_grad_(requires_grad) for k, v in tensors.items()}
+    return {k: v.requires_grad_(requires_grad if wrt is None else k in wrt) for k, v in tensors.items()}
 
 
 def _run(impl, layer, inputs, vertices=True):
@@ -144,6 +160,13 @@ def _run(impl, layer, inputs, vertices=True):
 def _rounds(batch, impl):
     slow = impl in ("smplx", "body-models", "body-models-warp") and batch >= 64
     return dict(rounds=max(5, (400 if slow else 2000) // batch), warmup_rounds=2, iterations=1)
+
+
+def _joint_rounds(batch, impl):
+    """Joints-only steps take milliseconds: enough rounds that a burst of load on this shared
+    machine moves no median (smplx poses the whole mesh: 1.4 s a round at B = 512)."""
+    slow = impl in ("smplx", "body-models") and batch >= 64
+    return dict(rounds=20 if slow else max(100, min(500, 10000 // batch)), warmup_rounds=10, iterations=1)
 
 
 def _cases(impls):
@@ -186,20 +209,59 @@ def test_forward_backward(benchmark, layers, impl, batch):
     assert all(torch.isfinite(g).all() for g in grads)
 
 
+def _joint_step(impl, layer, inputs):
+    """One fitting step's body-model work: the joints, a loss on them, the gradients to FIT_INPUTS."""
+    joints = _run(impl, layer, inputs, vertices=False)[1]
+    return torch.autograd.grad(joints.square().mean(), [inputs[k] for k in FIT_INPUTS])
+
+
+INTERLEAVED_IMPLS = ("smplfitter", "body-models", "reference", "reference-compiled")
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_joints_interleaved(benchmark, layers, batch):
+    """The joints-only step of every implementation in turn, call by call (module docstring)."""
+    steps = {}
+    for impl in INTERLEAVED_IMPLS:
+        try:
+            layer = _layer(layers, impl)
+        except pytest.skip.Exception:
+            continue
+        steps[impl] = (impl, layer, _inputs(batch, wrt=FIT_INPUTS))
+    for args in steps.values():
+        for _ in range(10):
+            _joint_step(*args)
+    rounds = max(100, min(500, 10000 // batch))
+    times = {impl: [] for impl in steps}
+    order = list(steps)
+
+    def all_rounds():
+        for r in range(rounds):
+            for impl in order[r % len(order):] + order[:r % len(order)]:
+                start = time.perf_counter()
+                _joint_step(*steps[impl])
+                times[impl].append(time.perf_counter() - start)
+
+    benchmark.pedantic(all_rounds, rounds=1, warmup_rounds=0, iterations=1)
+    benchmark.group = f"joints-only forward+backward, interleaved B={batch}"
+    benchmark.extra_info.update(impl="interleaved", batch=batch, loaded=LOADED, threads=torch.get_num_threads(),
+                                mode="joints-only forward+backward, interleaved call by call", rounds=rounds,
+                                wrt=list(FIT_INPUTS), transl="given, no gradient",
+                                medians={impl: statistics.median(t) for impl, t in times.items()})
+    assert "reference" in steps
+
+
 @pytest.mark.parametrize("batch, impl", _cases(JOINT_IMPLS))
 def test_joints_forward_backward(benchmark, layers, impl, batch):
     """The fitting / training case: a loss on joints only (see the module docstring)."""
     if impl == "body-models-warp":
         pytest.skip("Warp only skins vertices: its joints are body-models' torch path")
     layer = _layer(layers, "reference" if impl == "reference-hmr19" else impl)
-    inputs = _inputs(batch, requires_grad=True)
+    inputs = _inputs(batch, wrt=FIT_INPUTS)
     benchmark.group = f"joints-only forward+backward B={batch}"
     benchmark.extra_info.update(impl=impl, batch=batch, mode="joints-only forward+backward", loaded=LOADED,
-                                threads=torch.get_num_threads())
+                                threads=torch.get_num_threads(), wrt=list(FIT_INPUTS), transl="given, no gradient")
 
-    def step():
-        joints = _run(impl, layer, inputs, vertices=False)[1]
-        return torch.autograd.grad(joints.square().mean(), [inputs["body_pose"], inputs["betas"]])
-
-    grads = benchmark.pedantic(step, **_rounds(batch, impl))
-    assert all(torch.isfinite(g).all() for g in grads)
+    grads = benchmark.pedantic(_joint_step, args=(impl, layer, inputs), **_joint_rounds(batch, impl))
+    assert len(grads) == 3 and all(torch.isfinite(g).all() for g in grads)
+    assert not inputs["transl"].requires_grad

@@ -3,7 +3,9 @@
     python benchmarks/summarize.py benchmarks/results/cpu_smpl_peers.json [--baseline smplx] [--ours reference]
 
 Each row gives every implementation's median, the speed-up of each over the baseline, and
-ours against the best (fastest) peer, i.e. the best implementation not named `ours*`.
+ours against the best (fastest) peer, i.e. the best implementation not named `ours*`. A test
+that measures several implementations itself (interleaved call by call) gives their medians
+in extra_info["medians"].
 """
 import argparse
 import json
@@ -22,7 +24,10 @@ def main() -> None:
     for bench in report["benchmarks"]:
         info = bench["extra_info"]
         mode = info["mode"] + (" (loaded, %d threads)" % info.get("threads", 2) if info.get("loaded") else "")
-        rows[(mode, info["batch"])][info["impl"]] = bench["stats"]["median"]
+        if "medians" in info:  # several implementations measured in one test, call by call
+            rows[(mode, info["batch"])].update(info["medians"])
+        else:
+            rows[(mode, info["batch"])][info["impl"]] = bench["stats"]["median"]
     # "floor-*" entries are not body models (e.g. the corrective GEMM alone): a column of
     # their own, ours against them, never a peer or a speed-up.
     floors = sorted({impl for row in rows.values() for impl in row if impl.startswith("floor")})
@@ -38,7 +43,7 @@ def main() -> None:
         times = {i: t for i, t in all_times.items() if not i.startswith("floor")}
         cells = [f"{times[i] * 1e3:.3f} ms ({batch / times[i]:,.0f})" if i in times else "-" for i in impls]
         base = times.get(args.baseline)
-        ups = ", ".join(f"{i} {base / times[i]:.2f}x" for i in impls if i != args.baseline and i in times and base)
+        ups = ", ".join(f"{i} {base / times[i]:.2f}x" for i in impls if i != args.baseline and i in times and base) or "-"
         peers = {i: t for i, t in times.items() if not i.startswith(args.ours)}
         ours = {i: t for i, t in times.items() if i.startswith(args.ours) and not i.endswith("hmr19")}
         if peers and ours:

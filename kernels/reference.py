@@ -114,19 +114,37 @@ class _Rodrigues(torch.autograd.Function):
     def backward(ctx, grad):
         wc, t2, a, b, c = ctx.saved_tensors
         n = wc.dim()
-        g = grad.permute((n - 1, n) + tuple(range(n - 2, -1, -1)))  # (3, 3, ...batch reversed)
-        trace = g[0, 0] + g[1, 1] + g[2, 2]
-        s = torch.stack([g[2, 1] - g[1, 2], g[0, 2] - g[2, 0], g[1, 0] - g[0, 1]])  # vee(G - G^T)
-        sym_w = _matvec3(g, wc) + _matvec3(g.transpose(0, 1), wc)  # (G + G^T) w
+        # (3, 3, ...batch reversed), contiguous (a view of the chain's gradient, which comes so)
+        g = grad.permute((n - 1, n) + tuple(range(n - 2, -1, -1))).contiguous()
+        rows = g.view(9, *g.shape[2:])  # G's entries row by row: g00 g01 g02 g10 ... g22
+        trace = rows[0::4].sum(0)
+        s = rows[[7, 2, 3]] - rows[[5, 6, 1]]  # vee(G - G^T) = (g21 - g12, g02 - g20, g10 - g01)
+        sym_w = ((g + g.transpose(0, 1)) * wc).sum(1)  # (G + G^T) w
         grad_a = (s * wc).sum(0)
-        grad_b = 0.5 * (sym_w * wc).sum(0) - t2 * trace  # w^T G w, and c = 1 - b t^2
+        grad_b = (sym_w * wc).sum(0).mul_(0.5).sub_(t2 * trace)  # w^T G w, and c = 1 - b t^2
+        # (da/dt2, db/dt2): the closed forms, or their series where those cancel
         series = t2 < _SERIES_GRAD_SQ
-        safe = torch.where(series, torch.ones_like(t2), t2)
-        da = torch.where(series, -1 / 6 + t2 / 60 - t2 ** 2 / 1680, (c - a) / (2 * safe))
-        db = torch.where(series, -1 / 24 + t2 / 360 - t2 ** 2 / 13440, (a - 2 * b) / (2 * safe))
-        grad_t2 = grad_a * da + grad_b * db - b * trace
-        gw = a * s + b * sym_w + 2 * grad_t2 * wc
+        closed = torch.stack([c - a, a - 2 * b]).div_(torch.where(series, 1.0, t2).mul_(2))
+        k0, k1, k2 = _series_coefficients(t2)
+        d = torch.where(series, torch.addcmul(k0, t2, torch.addcmul(k1, t2, k2)), closed)
+        grad_t2 = (torch.stack([grad_a, grad_b]) * d).sum(0).sub_(b * trace)
+        gw = torch.addcmul(a * s, b, sym_w).addcmul_(grad_t2, wc, value=2)
         return gw.permute(tuple(range(n - 1, -1, -1)))
+
+
+# da/dt2 = (c - a) / 2t^2 and db/dt2 = (a - 2b) / 2t^2 as series in t2: the coefficients of
+# 1, t2 and t2^2, each a (2, 1, ...) column (da, db), per dtype, device and batch rank.
+_SERIES_TERMS = ((-1 / 6, -1 / 24), (1 / 60, 1 / 360), (-1 / 1680, -1 / 13440))
+_SERIES_COEFFICIENTS: dict = {}
+
+
+def _series_coefficients(t2):
+    key = (t2.dtype, t2.device, t2.dim())
+    coefficients = _SERIES_COEFFICIENTS.get(key)
+    if coefficients is None:
+        coefficients = _SERIES_COEFFICIENTS[key] = tuple(
+            torch.tensor(term, dtype=t2.dtype, device=t2.device).view(2, *([1] * t2.dim())) for term in _SERIES_TERMS)
+    return coefficients
 
 
 def pose_features(rot_mats: torch.Tensor) -> torch.Tensor:
@@ -256,10 +274,10 @@ def _matmul3(a, b, out=None, accumulate=False):
     contiguous: ops that vectorise along the batch (bmm loops over tiny matrices one by one,
     and elementwise ops along a last dimension of 3 do not vectorise). A product is one
     broadcast multiply and a sum (fewest ops: the chain at small batches is all per-op
-    overhead); accumulating into `out` is three in-place multiply-adds."""
+    overhead); accumulating adds that product into `out` in place."""
     if not accumulate:
         return torch.sum(a.unsqueeze(2) * b.unsqueeze(0), 1, out=out)
-    return out.addcmul_(a[:, 0:1], b[0:1]).addcmul_(a[:, 1:2], b[1:2]).addcmul_(a[:, 2:3], b[2:3])
+    return out.add_(torch.sum(a.unsqueeze(2) * b.unsqueeze(0), 1))
 
 
 def _matvec3(m, v, out=None):

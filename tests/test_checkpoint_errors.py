@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import random
 import subprocess
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -68,7 +70,7 @@ def _torch_bytes(obj) -> bytes:
 # ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content, found", [
-    (os.urandom(4000), "unknown bytes"),
+    (random.Random(4000).randbytes(4000), "unknown bytes"),
     (b"", "empty (0 bytes)"),
     (b"model: resnet18\nsteps: 10\n", "a text file"),
     (pickle.dumps({"format": FORMAT, "config": {}, "model": {}}, protocol=2), "a bare pickle"),
@@ -89,16 +91,81 @@ def test_truncated_checkpoint(tmp_path, checkpoint):
         refused(lambda: load_checkpoint(path), path, "truncated or damaged zip archive")
 
 
-def test_damaged_member_of_the_archive(tmp_path, checkpoint):
-    data = bytearray(open(checkpoint, "rb").read())
-    with zipfile.ZipFile(checkpoint) as archive:
-        info = archive.getinfo(next(n for n in archive.namelist() if n.endswith("/data.pkl")))
-    start = info.header_offset + 30 + len(info.filename)
-    start += int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
-    data[start:start + 64] = os.urandom(64)  # the pickle's first bytes
+def _member_span(data: bytes, name_suffix: str):
+    """(zip info, offset of its first byte) of the stored member whose name ends with name_suffix."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        info = archive.getinfo(next(n for n in archive.namelist() if n.endswith(name_suffix)))
+    assert info.compress_type == zipfile.ZIP_STORED
+    extra = int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    return info, info.header_offset + 30 + len(info.filename) + extra
+
+
+def _overwrite(data: bytes, name_suffix: str, offset: int, new: bytes, fix_crc: bool) -> bytes:
+    """The archive with `new` written over the member's bytes from `offset` on. fix_crc=False is
+    damage on disk (the member's CRC-32 no longer matches); fix_crc=True rewrites the CRC-32 in the
+    local header and the central directory, as a program that wrote a bad member would."""
+    out = bytearray(data)
+    info, start = _member_span(data, name_suffix)
+    out[start + offset:start + offset + len(new)] = new
+    if fix_crc:
+        crc = zlib.crc32(out[start:start + info.file_size]).to_bytes(4, "little")
+        out[info.header_offset + 14:info.header_offset + 18] = crc
+        central = out.index(b"PK\x01\x02")  # the central directory's entry of this member
+        while out[central + 46:central + 46 + len(info.filename)] != info.filename.encode():
+            central = out.index(b"PK\x01\x02", central + 4)
+        out[central + 16:central + 20] = crc
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def small_archive(raw):
+    """A checkpoint with the real config and three of its weights (small: each case writes a copy)."""
+    return _torch_bytes({**raw, "model": dict(list(raw["model"].items())[:3])})
+
+
+# The bytes written over the first 64 of data.pkl, and what the unpickler makes of each when the
+# member's checksum matches them. Damage on disk (checksum left as it was) is caught before any
+# unpickling, by the member's CRC-32, whatever the bytes.
+DAMAGE = {
+    "zeros": (bytes(64), "(Unsupported operand 0)"),
+    "0xff": (b"\xff" * 64, "(Unsupported operand 255)"),
+    "random.Random(2)": (random.Random(2).randbytes(64), "(IndexError: pop from empty list)"),
+    "random.Random(61)": (random.Random(61).randbytes(64), "(IndexError: list index out of range)"),
+    "random.Random(0)": (random.Random(0).randbytes(64), "(Unsupported operand 205)"),
+}
+SEEDS = range(40)  # more random bytes, from fixed seeds: each must name data.pkl
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_member_of_the_archive(tmp_path, small_archive, case):
+    new, found = DAMAGE[case]
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(_overwrite(small_archive, "/data.pkl", 0, new, fix_crc=False))
+    refused(lambda: read_checkpoint(path), path, "its member archive/data.pkl is damaged",
+            "Bad CRC-32 for file 'archive/data.pkl'", "nothing from the file ran")
+    path.write_bytes(_overwrite(small_archive, "/data.pkl", 0, new, fix_crc=True))
+    refused(lambda: read_checkpoint(path), path, "its pickle (data.pkl) cannot be read", found,
+            "nothing from the file ran")
+
+
+def test_damaged_member_from_many_seeds(tmp_path, small_archive):
+    path = tmp_path / "damaged.pt"
+    for seed in SEEDS:
+        for fix_crc in (False, True):
+            path.write_bytes(_overwrite(small_archive, "/data.pkl", 0, random.Random(seed).randbytes(64), fix_crc))
+            message = refused(lambda: read_checkpoint(path), path, "data.pkl", "nothing from the file ran")
+            assert ("Bad CRC-32" in message) != fix_crc, (seed, fix_crc, message)
+
+
+def test_damaged_tensor_record_is_named(tmp_path, small_archive):
+    """A storage record whose local header is damaged: torch's reader fails on it, and the
+    message names that record (the pickle itself is intact)."""
+    info, start = _member_span(small_archive, "/data/0")
+    data = bytearray(small_archive)
+    data[info.header_offset:info.header_offset + 4] = b"XXXX"  # its local header's signature
     path = tmp_path / "damaged.pt"
     path.write_bytes(bytes(data))
-    refused(lambda: read_checkpoint(path), path, "data.pkl", "nothing from the file ran")
+    refused(lambda: read_checkpoint(path), path, "its member data/0 cannot be read")
 
 
 def test_zip_archive_of_another_program(tmp_path):
@@ -181,7 +248,7 @@ def test_missing_file_and_folder(tmp_path):
 
 def test_pack_checkpoint_refuses_bad_files(tmp_path, checkpoint):
     path = tmp_path / "random.pt"
-    path.write_bytes(os.urandom(2000))
+    path.write_bytes(random.Random(2000).randbytes(2000))
     refused(lambda: pack_checkpoint(path, tmp_path / "packed.pt"), path, "not a zip archive")
     assert not (tmp_path / "packed.pt").exists()
     # A checkpoint without "step" packs (step 0) and the packed file loads.
@@ -198,7 +265,7 @@ def test_model_init_and_resume_name_the_file(tmp_path):
     from hmr_fast.training.train import Trainer
 
     bad = tmp_path / "init.pt"
-    bad.write_bytes(os.urandom(3000))
+    bad.write_bytes(random.Random(3000).randbytes(3000))
     trainer = Trainer.__new__(Trainer)
     with pytest.raises(ConfigError) as info:
         Trainer._init_weights(trainer, bad)
@@ -210,7 +277,7 @@ def test_model_init_and_resume_name_the_file(tmp_path):
 # Exported files: .onnx, .pt2, the TensorRT sidecar
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("content", [os.urandom(3000), b"", b"not an onnx model\n"])
+@pytest.mark.parametrize("content", [random.Random(3000).randbytes(3000), b"", b"not an onnx model\n"])
 def test_onnx_that_is_not_onnx(tmp_path, content):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -267,7 +334,7 @@ def test_pt2_that_is_not_a_package(tmp_path, checkpoint, kind):
 
     path = tmp_path / "model.pt2"
     if kind == "random":
-        path.write_bytes(os.urandom(3000))
+        path.write_bytes(random.Random(3000).randbytes(3000))
         found = "not a readable zip archive"
     elif kind == "zip":
         with zipfile.ZipFile(path, "w") as archive:
@@ -289,7 +356,7 @@ def test_pt2_that_is_not_a_package(tmp_path, checkpoint, kind):
 ])
 def test_engine_sidecar_that_is_not_ours(tmp_path, text, found):
     engine = tmp_path / "model.engine"
-    engine.write_bytes(os.urandom(1000))
+    engine.write_bytes(random.Random(1000).randbytes(1000))
     sidecar = tmp_path / "model.engine.json"
     sidecar.write_bytes(text)
     refused(lambda: read_sidecar(engine), sidecar, found)
@@ -322,7 +389,7 @@ def _hmr_fast(*args, cwd):
 def test_cli_prints_one_line_for_unreadable_checkpoints(tmp_path):
     sentinel = tmp_path / "SENTINEL"
     random_file = tmp_path / "x.pt"
-    random_file.write_bytes(os.urandom(4000))
+    random_file.write_bytes(random.Random(4000).randbytes(4000))
     evil = tmp_path / "evil.pt"
     evil.write_bytes(_torch_bytes({"format": FORMAT, "x": Evil(sentinel)}))
     runs = [(random_file, ["eval", "--checkpoint", random_file, "--data", tmp_path]),

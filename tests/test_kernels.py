@@ -4,7 +4,8 @@ Without CUDA, conftest sets TRITON_INTERPRET=1 before triton is imported and eve
 on CPU tensors in triton's interpreter; on a GPU the same tests run the compiled kernels.
 Every kernel output and partial-sum buffer is allocated full of NaN here
 (`FILL_OUTPUTS_WITH_NAN`), so an element a kernel forgot to write fails the comparison.
-Inputs and models are drawn fresh each run (the seed is printed, for a failing run).
+Inputs and models are random from each test's fixed seed (conftest's `seed`, printed for a
+failing run; torch's global generator is seeded with it too).
 Float64 comparisons hold kernels to ~1e-12; float32 ones to float32 rounding.
 """
 from __future__ import annotations
@@ -50,14 +51,6 @@ def nan_outputs_and_a_faster_interpreter():
     _common.FILL_OUTPUTS_WITH_NAN = True
     yield
     builder.options, _common.FILL_OUTPUTS_WITH_NAN = saved_options, saved_fill
-
-
-@pytest.fixture
-def seed():
-    s = int.from_bytes(os.urandom(4), "little")
-    print(f"seed {s}")
-    torch.manual_seed(s)
-    return s
 
 
 def with_h36m(data, rng, rows=17, per_row=24):

@@ -34,10 +34,8 @@ V, F, NB = 100, 150, 10  # vertices, faces, shape directions
 
 
 @pytest.fixture
-def rng():
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print(f"random seed {seed}")  # shown by pytest when a test fails
-    return np.random.default_rng(seed)
+def rng(seed):
+    return np.random.default_rng(seed)  # the test's fixed seed (conftest), printed when it fails
 
 
 def random_arrays(rng, v=V, faces=F, num_betas=NB, regressor_density=0.1) -> dict:

@@ -52,9 +52,9 @@ def model_pair(request, tmp_path):
 
 @pytest.mark.parametrize("kind", POSE_KINDS)
 @pytest.mark.parametrize("batch", [1, 7])
-def test_forward_float64_matches_smplx(model_pair, kind, batch):
+def test_forward_float64_matches_smplx(model_pair, kind, batch, seed):
     ours, theirs = model_pair
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     aa = random_pose(batch, kind, rng)
     betas = torch.tensor(rng.normal(size=(batch, 10)) * 1.5)
     transl = torch.tensor(rng.normal(size=(batch, 3)))
@@ -69,10 +69,10 @@ def test_forward_float64_matches_smplx(model_pair, kind, batch):
 
 
 @pytest.mark.parametrize("kind", POSE_KINDS)
-def test_forward_float32_matches_smplx_axis_angle(mannequin_data, mannequin_smplx_dir, kind):
+def test_forward_float32_matches_smplx_axis_angle(mannequin_data, mannequin_smplx_dir, kind, seed):
     ours = SMPL(model_path=mannequin_data, backend="reference")
     theirs = smplx.create(mannequin_smplx_dir, model_type="smpl")
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     batch = 5
     aa = torch.tensor(random_pose(batch, kind, rng), dtype=torch.float32)
     betas = torch.randn(batch, 10)
@@ -88,10 +88,10 @@ def test_forward_float32_matches_smplx_axis_angle(mannequin_data, mannequin_smpl
 # level above: both orders, at the same small batch.
 @pytest.mark.parametrize("doubling_batch", [0, 10**9])
 @pytest.mark.parametrize("kind", ["random", "zero", "near_pi"])
-def test_gradients_match_smplx(model_pair, monkeypatch, kind, doubling_batch):
+def test_gradients_match_smplx(model_pair, monkeypatch, kind, doubling_batch, seed):
     monkeypatch.setattr(reference, "DOUBLING_BATCH", doubling_batch)
     ours, theirs = model_pair
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     batch = 3
     aa = torch.tensor(random_pose(batch, kind, rng))
     betas = torch.tensor(rng.normal(size=(batch, 10)))
@@ -132,8 +132,8 @@ def test_gradcheck_against_finite_differences():
     assert torch.autograd.gradcheck(f, (aa, betas, transl), eps=1e-6, atol=1e-7, fast_mode=True)
 
 
-def test_rodrigues_matches_scipy_and_has_finite_gradient_at_zero():
-    rng = np.random.default_rng()
+def test_rodrigues_matches_scipy_and_has_finite_gradient_at_zero(seed):
+    rng = np.random.default_rng(seed)
     for kind in POSE_KINDS:
         aa = random_pose(4, kind, rng)
         got = reference.rodrigues(torch.tensor(aa))
@@ -296,13 +296,14 @@ def test_joint_set_reading_missing_vertices_is_a_clear_error():
 # their support vertices from it on: both paths.
 @pytest.mark.parametrize("batch", [5, reference.REPOSE_SUPPORT_BATCH + 3])
 @pytest.mark.parametrize("chunk_vertex_samples", [1, 997 * 5, 10**9])
-def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monkeypatch, chunk_vertex_samples, batch):
+def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monkeypatch, chunk_vertex_samples, batch,
+                                      seed):
     """pose_vertices works a chunk of vertices at a time; any chunking gives smplx's answer,
     values and gradients."""
     monkeypatch.setattr(reference, "CHUNK_VERTEX_SAMPLES", chunk_vertex_samples)
     ours = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
     theirs = smplx.create(mannequin_smplx_dir, model_type="smpl", dtype=torch.float64)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     aa = random_pose(batch, "random", rng)
     R = scipy_rotmats(aa)
     inputs = [torch.tensor(aa[:, 0]), torch.tensor(aa[:, 1:].reshape(batch, 69)),
@@ -321,13 +322,14 @@ def test_chunked_posing_matches_smplx(mannequin_data, mannequin_smplx_dir, monke
 
 @pytest.mark.parametrize("joint_set", ["smpl24", "smplx45", "hmr19"])
 @pytest.mark.parametrize("batch", [1, reference.REPOSE_SUPPORT_BATCH + 2])
-def test_joints_only_path_matches_smplx_values_and_gradients(mannequin_data, mannequin_smplx_dir, joint_set, batch):
+def test_joints_only_path_matches_smplx_values_and_gradients(mannequin_data, mannequin_smplx_dir, joint_set, batch,
+                                                             seed):
     """smpl_joints (the chain on rotations and bones, its own backward; the regressed rows
     from the regressor folded into the skinning, no vertex posed) against smplx's full
     forward, in float64: values and gradients."""
     ours = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
     theirs = smplx.create(mannequin_smplx_dir, model_type="smpl", dtype=torch.float64)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     aa = random_pose(batch, "random", rng)
     R = scipy_rotmats(aa)
     inputs = [torch.tensor(aa.reshape(batch, 72)), torch.tensor(rng.normal(size=(batch, 10))),
@@ -359,12 +361,12 @@ def test_joints_only_path_matches_smplx_values_and_gradients(mannequin_data, man
 
 
 @pytest.mark.parametrize("joint_set", ["smplx45", "hmr19"])
-def test_folded_regressor_equals_posing_the_support_vertices(mannequin_data, joint_set):
+def test_folded_regressor_equals_posing_the_support_vertices(mannequin_data, joint_set, seed):
     """regress_joints_folded against its twin, regress_joints of the posed support vertices:
     float64, fresh random shapes and poses, values and gradients."""
     layer = SMPL(model_path=mannequin_data, backend="reference", dtype=torch.float64)
     js = layer.joint_set_tensors(joint_set)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     betas = torch.tensor(rng.normal(size=(5, 10)), requires_grad=True)
     rot = torch.tensor(scipy_rotmats(random_pose(5, "random", rng)), requires_grad=True)
     rest = reference.rest_joints(betas, layer.J_template, layer.J_shapedirs)

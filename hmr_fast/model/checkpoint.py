@@ -132,10 +132,19 @@ def _check_archive(path: Path, expected: str = EXPECTED) -> None:
     except Exception as exc:  # zipfile's errors on damaged archives vary (BadZipFile, ValueError, ...)
         raise CheckpointError(f"{path} is a truncated or damaged zip archive ({_one_line(exc, 120)}): copy or "
                               f"download it again; expected {expected}") from None
-    if not any(name.count("/") == 1 and name.endswith("/data.pkl") for name in names):
+    pickles = [name for name in names if name.count("/") == 1 and name.endswith("/data.pkl")]
+    if not pickles:
         listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise CheckpointError(f"{path} is a zip archive but not a torch checkpoint: it has no data.pkl "
                               f"(found {len(names)} entries: {listed or 'none'}); expected {expected}")
+    # torch reads members without checking their CRC-32: read the (small) pickle here, where
+    # zipfile checks it, so bytes damaged on disk are named as such before anything is unpickled.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.read(pickles[0])
+    except Exception as exc:  # BadZipFile (bad CRC-32, bad local header), zlib.error, EOFError, ...
+        raise CheckpointError(f"{path}: its member {pickles[0]} is damaged ({_one_line(exc, 120)}): copy or "
+                              f"download it again; nothing from the file ran; expected {expected}") from None
 
 
 def _describe(head: bytes) -> str:
@@ -181,14 +190,31 @@ _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(.+)")
 
 
+_MEMBER = re.compile(r"failed reading (?:zip archive|file) ([\w./-]+)")
+
+
+def _raised_in_unpickler(exc: Exception) -> bool:
+    """Whether exc was raised by torch's weights-only unpickler itself while reading data.pkl's
+    opcodes (a damaged pickle's IndexError, ValueError, ...), not by something it called."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.endswith("_weights_only_unpickler.py")
+
+
 def _load_failure(exc: Exception) -> str:
-    """What went wrong in torch.load, in our words: never torch's advice to load unsafely."""
+    """What went wrong in torch.load, in our words: never torch's advice to load unsafely.
+    The member that failed is named wherever it can be told: data.pkl for whatever the
+    unpickler raised, the record torch's reader names for a storage it could not read."""
     message = str(exc)
     refused = _GLOBAL.search(message)
     if refused:
         return (f"its pickle asks for the global {refused.group(1)}, which is refused: a checkpoint holds only "
                 f"{PLAIN_DATA}; unpickling stopped there and nothing from the file ran")
-    if "weights_only" in message or isinstance(exc, (EOFError, KeyError)) or "nickl" in type(exc).__name__:
+    if ("weights_only" in message or isinstance(exc, (EOFError, KeyError)) or "nickl" in type(exc).__name__
+            or _raised_in_unpickler(exc)):
         reason = _UNPICKLER_REASON.search(message)
         detail = _one_line(reason.group(1), 80) if reason else _one_line(f"{type(exc).__name__}: {exc}", 80)
         if "weights_only" in detail or "safe_globals" in detail:
@@ -197,7 +223,9 @@ def _load_failure(exc: Exception) -> str:
     detail = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", _one_line(message, 160))
     if "weights_only" in detail or "safe_globals" in detail:
         detail = type(exc).__name__
-    return f"the archive is damaged or truncated ({type(exc).__name__}: {detail})"
+    member = _MEMBER.search(message)
+    where = f"its member {member.group(1)} cannot be read" if member else "the archive is damaged or truncated"
+    return f"{where} ({type(exc).__name__}: {detail})"
 
 
 def _check_payload(payload, path: Path) -> None:
