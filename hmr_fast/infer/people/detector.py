@@ -404,6 +404,7 @@ class MoveNetMultiPose:
         self._calls = 0
         self.last_calls = 0  # model invocations of the last frame (1 + its tiles)
         self._smallest = None  # px: the smallest whole person the last call found (automatic tiling)
+        self._gray = None  # the last call's frame in grey (automatic tiling: was there a cut?)
 
     def _infer(self, padded: np.ndarray) -> np.ndarray:
         """(1, Hp, Wp, 3) uint8 RGB -> the model's (6, 56) rows."""
@@ -424,14 +425,18 @@ class MoveNetMultiPose:
         padded, geometry = letterbox(rgb, self.input_size)
         return to_frame(self._infer(padded), geometry, offset)
 
-    def grid(self, height: int, width: int) -> tuple:
-        """The (rows, cols) of tiles for the next frame: the fixed `tiles`, or automatically
-        the finest grid (photos, the first call, every AUTO_REFRESH-th, none found last
-        time), else one for the smallest person the last call found (a fifth smaller, for
-        margin)."""
+    def grid(self, frame_bgr: np.ndarray) -> tuple:
+        """The (rows, cols) of tiles for this frame: the fixed `tiles`, or automatically the
+        finest grid (photos, the first call, every AUTO_REFRESH-th, none found last time,
+        another scene than the last call's), else one for the smallest person the last call
+        found (a fifth smaller, for margin)."""
         if self.tiles != "auto":
             return self.tiles
-        if self.photos or self._smallest is None or self._calls % AUTO_REFRESH == 0:
+        height, width = frame_bgr.shape[:2]
+        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+        cut = same_scene(self._gray, gray) < MIN_SCENE_CORRELATION
+        self._gray = gray
+        if self.photos or cut or self._smallest is None or self._calls % AUTO_REFRESH == 0:
             return auto_tiles(height, width, overlap=self.overlap)
         floor = MIN_PERSON_FRACTION * min(height, width)
         return auto_tiles(height, width, max(floor, 0.8 * self._smallest), self.overlap)
@@ -442,7 +447,7 @@ class MoveNetMultiPose:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or min(frame.shape[:2]) < 1:
             raise UsageError(f"a frame must be (H, W, 3) uint8 BGR, got {frame.shape} {frame.dtype}")
         h, w = frame.shape[:2]
-        tiles = self.grid(h, w)
+        tiles = self.grid(frame)
         self._calls += 1
         self.last_calls = 1 + (tiles[0] * tiles[1] if tiles != (1, 1) else 0)
         rgb = np.ascontiguousarray(frame[..., ::-1])
