@@ -15,7 +15,9 @@ in two stages, as SMPLify: first the camera and the global orientation from the 
 alone (shoulders and hips), then everything, with the prior weights annealed from strong to
 weak. Where the front of the body cannot be told from its back, SMPLify also tries the body
 turned around: here both orientations run side by side for the first iterations of the
-second stage and the better one of each person goes on.
+second stage and the better one of each person goes on. The start: what `init` gives (HMR's
+prediction), else for COCO-17 keypoints a guess learned from keypoints (initializer.py;
+FitSettings.start = "learned"), else HMR's mean body, upright and facing the camera.
 
 Cameras: HMR's weak perspective x = s (X + t) inside the person's box (cx, cy, size), or a
 full perspective camera with given focal lengths and principal points, x = f (X + T)_xy /
@@ -26,23 +28,18 @@ same priors, with a global translation.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 import torch
 
-from hmr_fast.camera import keypoint_box
 from hmr_fast.rotations import rodrigues, rotmat_to_axis_angle
 
 from .formats import KeypointFormat
+from .initializer import default_initializer
 from .priors import GaussianMixturePrior, bending_prior, default_pose_prior, shape_prior
-
-# HMR's mean camera: the body fills most of its box, no offset.
-MEAN_SCALE = 0.9
-# The upright root in HMR's camera frame (x right, y down, z forward): pi about x.
-UPRIGHT = (math.pi, 0.0, 0.0)
+from .start import MEAN_SCALE, UPRIGHT, people_boxes  # noqa: F401 (people_boxes: fitter's API)
 
 
 @dataclass
@@ -59,6 +56,14 @@ class FitSettings:
     try_flip: bool = True  # also try the body turned around
     flip_iters: int = 20  # iterations both orientations run before the better one is kept
     anneal: tuple = (4.0, 2.0, 1.0)
+    # Where a person without a given pose starts: "learned" (the keypoint initializer's guess
+    # from their keypoints; coco17 only, the one format it was trained on) or "mean" (HMR's
+    # mean body, upright, facing the camera).
+    start: str = "learned"
+
+    def __post_init__(self):
+        if self.start not in ("learned", "mean"):
+            raise ValueError(f"FitSettings.start must be 'learned' or 'mean', got {self.start!r}")
 
 
 @dataclass
@@ -95,25 +100,6 @@ class _Params(torch.nn.Module):
 
     def rows(self, index) -> tuple:
         return tuple(p.detach()[index] for p in (self.global_orient, self.body_pose, self.betas, self.cam))
-
-
-def people_boxes(keypoints: torch.Tensor, boxes=None, expand: float = 1.2) -> torch.Tensor:
-    """(B, 3) square boxes (cx, cy, size): around given ones (B, 4) x1, y1, x2, y2 or the
-    confident keypoints, expand times their extent; boxes given as (B, 3) are used as they are."""
-    if boxes is not None and np.shape(boxes)[-1:] == (3,):
-        return torch.as_tensor(np.asarray(boxes, dtype=np.float32), device=keypoints.device).reshape(-1, 3)
-    out = []
-    kp = keypoints.detach().cpu().numpy()
-    given = None if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    for i in range(len(kp)):
-        box = None
-        if given is not None and np.isfinite(given[i]).all() and (given[i, 2:] > given[i, :2]).all():
-            x1, y1, x2, y2 = given[i]
-            box = np.array([(x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * expand])
-        if box is None:
-            box = keypoint_box(kp[i, :, :2], kp[i, :, 2] > 0, expand=expand)
-        out.append(box if box is not None else np.array([0.0, 0.0, 1.0]))
-    return torch.as_tensor(np.asarray(out), dtype=keypoints.dtype, device=keypoints.device).reshape(-1, 3)
 
 
 def _turned_around(global_orient: torch.Tensor) -> torch.Tensor:
@@ -205,7 +191,9 @@ class KeypointFitter:
         boxes (B, 4) x1, y1, x2, y2 (default: around their keypoints), or the square boxes
         (B, 3) (cx, cy, size) the weak camera lives in. init: a dict of
         global_orient (B, 3), body_pose (B, 69), betas (B, NB), cam (B, 3) weak (s, tx, ty) to
-        start from (e.g. HMR's prediction), any of them; the rest start from the mean body.
+        start from (e.g. HMR's prediction), any of them; the rest start from the mean body,
+        or for coco17 without a body_pose (settings.start "learned"), from the keypoint
+        initializer's guess (hmr_fast.fit.initializer) in the same boxes.
         sequence_ids (B,): rows with the same id, in order, are one person's frames (smoothness)."""
         s = self.settings
         device = self.rows.device
@@ -218,7 +206,7 @@ class KeypointFitter:
         torso = torch.zeros(K, device=device)
         torso[list(self.fmt.torso)] = 1.0
         pairs = _sequence_pairs(sequence_ids, device)
-        start = self._start(B, init, device)
+        start = self._start(B, self._learned_start(target, box, init), device)
         p = _Params(*start)
 
         # 1. camera and global orientation from the torso (the pose and shape stay)
@@ -256,6 +244,15 @@ class KeypointFitter:
             camera=cam, boxes=box, joints3d=torch.where(modelled, joints.detach(), nan.expand_as(joints)),
             keypoints2d=torch.where(modelled, pred.detach(), nan.expand_as(pred)), loss=loss.detach(),
             flipped=flipped, camera_model="weak" if perspective is None else "perspective")
+
+    def _learned_start(self, keypoints, boxes, init: Optional[dict]) -> Optional[dict]:
+        """init, with what it lacks guessed by the keypoint initializer from the keypoints in
+        their boxes, where the settings ask for it and init gives no pose."""
+        if self.settings.start != "learned" or self.fmt.name != "coco17" or "body_pose" in (init or {}) \
+                or not len(keypoints):
+            return init
+        guess = default_initializer().start(keypoints.detach().cpu(), boxes.detach().cpu())
+        return {**guess, **(init or {})}
 
     def _start(self, B, init, device):
         init = init or {}
