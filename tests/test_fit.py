@@ -1,14 +1,13 @@
 """Fitting SMPL to keypoints: formats and readers, the priors, the batched fit's accuracy
 against the 3D truth of fresh random bodies, the 3D fit, and `hmr-fast fit`.
 
-The accuracy tests draw new poses, shapes and orientations every run (the seed is printed)
-and hold the fit to the issue's target on ground-truth 2D keypoints (PA-MPJPE over LSP's 14
+The accuracy tests draw poses, shapes and orientations from three fixed seeds (the seed is
+in the test's id) and hold the fit to the issue's target on ground-truth 2D keypoints (PA-MPJPE over LSP's 14
 joints) and to beating its own starting point.
 """
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -26,11 +25,9 @@ from hmr_fast.fit.formats import BODY25_NAMES
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture
-def seed():
-    s = int.from_bytes(os.urandom(4), "little")
-    print(f"seed {s}")
-    return s
+@pytest.fixture(params=[0, 1, 2])
+def seed(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +132,7 @@ def test_pose_prior_fitted_here_prefers_human_poses_and_round_trips(tmp_path):
     rng = np.random.default_rng(1)
     prior = GaussianMixturePrior.fit(sample_poses(rng, 1200)[:, 3:], components=3, seed=0)
     held_out = torch.tensor(sample_poses(rng, 200)[:, 3:], dtype=torch.float32)
-    noise = torch.randn(200, 69) * 0.6
+    noise = torch.randn(200, 69, generator=torch.Generator().manual_seed(1)) * 0.6
     assert prior(held_out).mean() < prior(noise).mean() - 100
     loaded = GaussianMixturePrior.load(prior.save(tmp_path / "gmm.npz"))
     torch.testing.assert_close(loaded(held_out), prior(held_out))
