@@ -17,7 +17,9 @@ For each: PA-MPJPE (mm, LSP's 14 joints of HMR19, similarity-aligned per person)
   lr 0.01 instead of 0.05 (from a start this close, Adam's first steps, about lr on every
   parameter whatever its gradient, move the body away from it);
 and the median keypoint error of each in % of the box side; and how often the guessed
-orientation is nearer the truth turned around than the truth (the front/back ambiguity). Speed: people/s at B = 64 on
+orientation is nearer the truth turned around than the truth (the front/back ambiguity).
+Also the default photo fit (FitSettings(): 30 torso iterations, 100 whole-body ones, both
+orientations tried) from each start. Speed: people/s at B = 64 on
 one thread, of the network alone, of `KeypointInitializer.start` (+ 6D -> axis-angle) and
 of `initialize` (+ the boxes). Writes the JSON and a markdown table beside it.
 """
@@ -79,7 +81,10 @@ def accuracy(smpl, people) -> dict:
             ("initializer + 10 iterations at lr 0.01 (not TrackFits')", FitSettings(**{**VIDEO_REFINE, "lr": 0.01}),
              learned),
             ("mean start alone", FitSettings(iters=0, torso_iters=0, try_flip=False, start="mean"), None),
-            ("mean start + 10 iterations", FitSettings(**VIDEO_REFINE, start="mean"), None)):
+            ("mean start + 10 iterations", FitSettings(**VIDEO_REFINE, start="mean"), None),
+            ("the default fit (FitSettings(): 30 torso + 100 iterations, both orientations), learned start",
+             FitSettings(), None),
+            ("the default fit, mean start", FitSettings(start="mean"), None)):
         t0 = time.perf_counter()
         fit = KeypointFitter(smpl, keypoint_format("coco17"), settings).fit(kp, boxes, init)
         seconds = time.perf_counter() - t0
