@@ -178,3 +178,35 @@ def test_retraining_is_deterministic(tmp_path):
     assert files[0].read_bytes() == files[1].read_bytes()
     loaded = load_initializer(files[0])
     assert loaded.width == 32 and loaded.meta["steps"] == 3
+
+
+def test_best_start_takes_the_better_of_the_given_and_the_learned_one_per_person(smpl):
+    """FitSettings(start="best") with a given pose: each person starts from whichever of the
+    given start and the learned guess has the lower objective, each measured on its own by
+    a fit of no iterations from it."""
+    kp, boxes, _ = fresh_people(smpl, seed=7, n=8)
+    learned = initialize(kp, boxes)
+    fmt = keypoint_format("coco17")
+    measure = KeypointFitter(smpl, fmt, FitSettings(iters=0, torso_iters=0, try_flip=False))
+    # a given start: the learned guess for the first half (as good), the mean body, turned
+    # sideways and far too small, for the second (much worse)
+    given = {k: v.clone() for k, v in learned.items()}
+    given["global_orient"][4:] = torch.tensor([np.pi / 2, 0.0, 0.0])
+    given["body_pose"][4:] = 0.0
+    given["cam"][4:, 0] = 0.2
+    given["betas"][:] = 0.5
+    # the learned candidate keeps the given shape (a track's), so measure it that way
+    with_shape = {**learned, "betas": given["betas"]}
+    loss_given = measure.fit(kp, boxes, given).loss
+    loss_learned = measure.fit(kp, boxes, with_shape).loss
+    best = KeypointFitter(smpl, fmt, FitSettings(iters=0, torso_iters=0, try_flip=False, start="best"))
+    fit = best.fit(kp, boxes, given)
+    expect = loss_learned < loss_given
+    assert expect[4:].all() and fit.learned_start.tolist() == expect.tolist()
+    torch.testing.assert_close(fit.loss, torch.minimum(loss_given, loss_learned), rtol=1e-5, atol=1e-7)
+    # "learned" (the default) keeps a given pose; "mean" never guesses
+    kept = KeypointFitter(smpl, fmt, FitSettings(iters=0, torso_iters=0, try_flip=False)).fit(kp, boxes, given)
+    assert not kept.learned_start.any()
+    torch.testing.assert_close(kept.loss, loss_given)
+    mean = KeypointFitter(smpl, fmt, FitSettings(iters=0, torso_iters=0, try_flip=False, start="mean")).fit(kp, boxes)
+    assert not mean.learned_start.any()

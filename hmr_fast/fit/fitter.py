@@ -42,6 +42,9 @@ from .priors import GaussianMixturePrior, bending_prior, default_pose_prior, sha
 from .start import MEAN_SCALE, UPRIGHT, people_boxes  # noqa: F401 (people_boxes: fitter's API)
 
 
+START_CHOICES = ("learned", "mean", "best")
+
+
 @dataclass
 class FitSettings:
     iters: int = 100  # Adam iterations of the whole-body stage
@@ -58,12 +61,14 @@ class FitSettings:
     anneal: tuple = (4.0, 2.0, 1.0)
     # Where a person without a given pose starts: "learned" (the keypoint initializer's guess
     # from their keypoints; coco17 only, the one format it was trained on) or "mean" (HMR's
-    # mean body, upright, facing the camera).
+    # mean body, upright, facing the camera). "best": as "learned", and where a pose is
+    # given (HMR's), each person starts from the better of it and the learned guess by the
+    # objective at the start.
     start: str = "learned"
 
     def __post_init__(self):
-        if self.start not in ("learned", "mean"):
-            raise ValueError(f"FitSettings.start must be 'learned' or 'mean', got {self.start!r}")
+        if self.start not in START_CHOICES:
+            raise ValueError(f"FitSettings.start must be one of {', '.join(START_CHOICES)}, got {self.start!r}")
 
 
 @dataclass
@@ -86,6 +91,7 @@ class FitResult:
     loss: torch.Tensor  # (B,) the final objective per person
     flipped: torch.Tensor = field(default=None)  # (B,) bool: the turned-around start won
     camera_model: str = "weak"
+    learned_start: torch.Tensor = field(default=None)  # (B,) bool: started from the keypoint initializer's guess
 
 
 class _Params(torch.nn.Module):
@@ -206,8 +212,8 @@ class KeypointFitter:
         torso = torch.zeros(K, device=device)
         torso[list(self.fmt.torso)] = 1.0
         pairs = _sequence_pairs(sequence_ids, device)
-        start = self._start(B, self._learned_start(target, box, init), device)
-        p = _Params(*start)
+        init, learned = self._learned_start(target, box, keep, init)
+        p = _Params(*self._start(B, init, device))
 
         # 1. camera and global orientation from the torso (the pose and shape stay)
         if s.torso_iters:
@@ -243,16 +249,36 @@ class KeypointFitter:
             betas=p.betas.detach(), body_pose=p.body_pose.detach(), global_orient=p.global_orient.detach(),
             camera=cam, boxes=box, joints3d=torch.where(modelled, joints.detach(), nan.expand_as(joints)),
             keypoints2d=torch.where(modelled, pred.detach(), nan.expand_as(pred)), loss=loss.detach(),
-            flipped=flipped, camera_model="weak" if perspective is None else "perspective")
+            flipped=flipped, camera_model="weak" if perspective is None else "perspective", learned_start=learned)
 
-    def _learned_start(self, keypoints, boxes, init: Optional[dict]) -> Optional[dict]:
-        """init, with what it lacks guessed by the keypoint initializer from the keypoints in
-        their boxes, where the settings ask for it and init gives no pose."""
-        if self.settings.start != "learned" or self.fmt.name != "coco17" or "body_pose" in (init or {}) \
-                or not len(keypoints):
-            return init
+    def _learned_start(self, keypoints, boxes, keep, init: Optional[dict]) -> tuple:
+        """(init, learned (B,) bool): init with what it lacks guessed by the keypoint
+        initializer from the keypoints in their boxes, where the settings ask for it and init
+        gives no pose; with start "best" and a given pose, per person the better start of the
+        two by the objective (the priors at their final weight)."""
+        B = len(keypoints)
+        given = "body_pose" in (init or {})
+        no = torch.zeros(B, dtype=torch.bool, device=keypoints.device)
+        if self.settings.start == "mean" or self.fmt.name != "coco17" or not B or \
+                (given and self.settings.start != "best"):
+            return init, no
         guess = default_initializer().start(keypoints.detach().cpu(), boxes.detach().cpu())
-        return {**guess, **(init or {})}
+        if not given:
+            return {**guess, **(init or {})}, ~no
+        learned = {**guess, **({"betas": init["betas"]} if "betas" in init else {})}
+        with torch.no_grad():
+            loss = [self._objective(_Params(*self._start(B, start, keypoints.device)), keypoints, boxes, keep, None,
+                                    self.settings.anneal[-1], None)[0] for start in (init, learned)]
+        better = loss[1] < loss[0]
+        chosen = {}
+        for key in set(init) | set(learned):
+            if key not in learned or key not in init:
+                chosen[key] = init.get(key, learned.get(key))
+                continue
+            a, b = (torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v, dtype=torch.float32,
+                                    device=keypoints.device).reshape(B, -1) for v in (init[key], learned[key]))
+            chosen[key] = torch.where(better[:, None], b, a)
+        return chosen, better
 
     def _start(self, B, init, device):
         init = init or {}

@@ -6,12 +6,15 @@
 PATH: an OpenPose BODY_25 json or a folder of them, a COCO person-keypoints json, a
 SPIN-style npz (`part`) or a plain npz (`keypoints` (N, K, 3)); see hmr_fast.fit.formats.
 Each person is fitted with HMR's weak-perspective camera in a box around their keypoints
-(or the annotation's box); with --checkpoint (and --images) the fit starts from HMR's
-prediction on that box's crop instead of the mean body. OUT.npz gets one row per person:
+(or the annotation's box). COCO-17 keypoints start from a guess learned from keypoints
+(hmr_fast.fit.initializer); with --checkpoint (and --images) each person starts from the
+better of it and HMR's prediction on the box's crop (--start chooses otherwise; other
+formats start from HMR's prediction or the mean body). OUT.npz gets one row per person:
 betas (N, NB), body_pose (N, 69), global_orient (N, 3), camera (N, 3) = (s, tx, ty) in the
 box, boxes (N, 3) = (cx, cy, size) pixels, keypoints2d (N, K, 2) (the fitted model's
 keypoints in the input's pixels, order and count; NaN where SMPL has no such point),
-joints3d (N, K, 3), loss (N,), ids (N,) and images (N,). --render DIR draws every fitted
+joints3d (N, K, 3), loss (N,), learned_start (N,: 1 where the learned guess was the
+start), ids (N,) and images (N,). --render DIR draws every fitted
 mesh over its image.
 """
 from __future__ import annotations
@@ -45,6 +48,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES, help="default: cuda when available")
     parser.add_argument("--batch", type=int, default=512, help="people fitted in one batch")
     parser.add_argument("--no-flip", action="store_true", help="do not also try each body turned around")
+    parser.add_argument("--start", choices=("best", "learned", "mean"), default=None,
+                        help="COCO-17 keypoints: start from the better of HMR's prediction and the learned guess "
+                             "from the keypoints (best, the default with --checkpoint), from the learned guess "
+                             "(learned, the default without), or from the mean body (mean)")
     parser.add_argument("--render", metavar="DIR", help="draw the fitted meshes over their images into DIR")
 
 
@@ -65,7 +72,8 @@ def _run(args, device) -> int:
     if not len(people.keypoints):
         raise DataError(f"{args.keypoints}: no person with labelled keypoints")
     smpl = SMPL(joint_set=people.format.joint_set).to(device)
-    fitter = KeypointFitter(smpl, people.format, FitSettings(iters=args.iters, try_flip=not args.no_flip))
+    start = args.start or ("best" if args.checkpoint else "learned")
+    fitter = KeypointFitter(smpl, people.format, FitSettings(iters=args.iters, try_flip=not args.no_flip, start=start))
     predictor = Predictor(args.checkpoint, device=device) if args.checkpoint else None
     kp_all = torch.as_tensor(people.keypoints, dtype=torch.float32)
     boxes_all = people_boxes(kp_all, people.boxes)
@@ -78,7 +86,8 @@ def _run(args, device) -> int:
         results.append(fitter.fit(kp_all[index], boxes, init))
     seconds = time.perf_counter() - t0
     out = {k: torch.cat([getattr(r, k) for r in results]).cpu().numpy()
-           for k in ("betas", "body_pose", "global_orient", "camera", "boxes", "keypoints2d", "joints3d", "loss")}
+           for k in ("betas", "body_pose", "global_orient", "camera", "boxes", "keypoints2d", "joints3d", "loss",
+                     "learned_start")}
     out["ids"] = np.asarray(people.ids)
     out["images"] = np.asarray([n or "" for n in people.images])
     out["format"] = np.asarray(people.format.name)

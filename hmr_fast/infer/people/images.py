@@ -30,15 +30,14 @@ import numpy as np
 
 from hmr_fast.atomic import atomic_path
 from hmr_fast.devices import cpu_threads, resolve_device, torch_threads
-from hmr_fast.fit import FitSettings
 
 from ..frames import IMAGE_SUFFIXES
 from ..pipeline import SHIPPED_CHECKPOINT
 from ..predictor import Predictor
 from ..writer import ParamsRecorder
-from .stages import (ROW_FIELDS, PeopleFit, crop_boxes, detected_keypoints, draw_people, hmr_parameters,
-                     people_count, person_rows, scene, track_color)
-from .video import START_CHOICES, learned_start
+from .stages import (ROW_FIELDS, START_CHOICES, PeopleFit, crop_boxes, detected_keypoints, draw_people,
+                     hmr_parameters, people_count, person_rows, scene, track_color)
+from .video import frame_fit_settings
 
 REFINE_CAP = 200  # the most fit iterations per person (a photograph's fit runs to convergence)
 BLOCK = 25  # iterations between convergence checks; the first block runs as a video frame's fit
@@ -64,8 +63,6 @@ class PeoplePhotos:
                  threads: Optional[int] = None):
         if refine < 0:
             raise ValueError(f"--refine must be >= 0, got {refine}")
-        if start not in START_CHOICES:
-            raise ValueError(f"--fit-start must be one of {', '.join(START_CHOICES)}, got {start!r}")
         if detector is None:
             from .detector import MoveNetMultiPose
             detector = MoveNetMultiPose(None, threads=threads, min_score=min_score, tiles=tiles,
@@ -77,9 +74,7 @@ class PeoplePhotos:
         self.poser, self.overlay = scene(predictor, mesh_faces)
         # the first block's settings are a video frame's (TrackFits): the same image gives
         # the same rows as the first frame of a video
-        settings = FitSettings(iters=min(BLOCK, self.refine), torso_iters=0, try_flip=False, lr=0.05)
-        self.fit = PeopleFit(self.poser.smpl, settings, learned_start(start) if self.refine else None,
-                             always_learned=start == "learned")
+        self.fit = PeopleFit(self.poser.smpl, frame_fit_settings(min(BLOCK, self.refine)), start)
 
     def __call__(self, image_bgr: np.ndarray, draw: bool = True) -> tuple:
         image = np.asarray(image_bgr)

@@ -5,7 +5,7 @@ better), the batched fit, the meshes drawn far to near, and the npz rows."""
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -105,60 +105,46 @@ def _as_init(rot_mats, betas, cam) -> dict:
             "cam": np.asarray(cam)}
 
 
+START_CHOICES = ("auto", "hmr", "learned")
+
+
 class PeopleFit:
-    """The batched SMPLify fit of the people of a frame to their detected COCO keypoints.
+    """The batched SMPLify fit of the people of a frame to their detected COCO keypoints,
+    from the start given (HMR's prediction, or a track's previous frame) and the learned
+    start from the keypoints (`hmr_fast.fit.initializer`): start "auto" takes per person the
+    better of the two by the fit's objective (FitSettings.start "best"), "learned" the
+    learned one (with the given shape), "hmr" the given one. With no iterations the given
+    start is kept (HMR alone). `__call__` runs `settings.iters` iterations as one Adam run
+    (the video's per-frame budget); `converge` goes on in blocks of `block` iterations, each
+    person until its objective improves by less than `tol` (relative) over a block, up to
+    `cap` iterations (photographs)."""
 
-    Each person starts from the better of two starts by the fit's own objective: the one
-    given (HMR's prediction, or a track's previous frame) and the learned start from the
-    keypoints (`hmr_fast.fit.initializer`), where one is given. `__call__` runs `iters`
-    iterations as one Adam run (the video's per-frame budget); `converge` goes on in blocks
-    of `block` iterations, each person until its objective improves by less than `tol`
-    (relative) over a block, up to `cap` iterations (photographs). always_learned: take the
-    learned start for everyone (no comparison)."""
+    def __init__(self, smpl, settings: FitSettings, start: str = "auto"):
+        if start not in START_CHOICES:
+            raise ValueError(f"--fit-start must be one of {', '.join(START_CHOICES)}, got {start!r}")
+        self.start = start if settings.iters else "hmr"
+        self.settings = replace(settings, start="best" if self.start == "auto" else "learned")
+        self.fitter = KeypointFitter(smpl, keypoint_format("coco17"), self.settings)
 
-    def __init__(self, smpl, settings: FitSettings, initializer=None, always_learned: bool = False):
-        fmt = keypoint_format("coco17")
-        self.settings = settings
-        self.fitter = KeypointFitter(smpl, fmt, settings)
-        self.measure = KeypointFitter(smpl, fmt, FitSettings(iters=0, torso_iters=0, try_flip=False),
-                                      self.fitter.pose_prior)
-        self.initializer = initializer
-        self.always_learned = always_learned
+    def _init(self, rot_mats, betas, cam) -> dict:
+        init = _as_init(rot_mats, betas, cam)
+        return {"betas": init["betas"]} if self.start == "learned" else init
 
-    def start(self, keypoints, boxes, rot_mats, betas, cam) -> tuple:
-        """(init dict, loss at the start, which start (P,)): the given start, or the learned
-        one where that reprojects better."""
-        given = _as_init(rot_mats, betas, cam)
-        with torch.enable_grad():
-            loss = self.measure.fit(keypoints, boxes, given).loss.cpu().numpy()
-        choice = np.zeros(len(loss), np.int64)
-        if self.initializer is None or not len(loss):
-            return given, loss, choice
-        learned = {k: np.asarray(v.detach().cpu() if torch.is_tensor(v) else v, np.float64)
-                   for k, v in self.initializer(keypoints, boxes).items()}
-        with torch.enable_grad():
-            loss_learned = self.measure.fit(keypoints, boxes, learned).loss.cpu().numpy()
-        better = (loss_learned < loss) | self.always_learned
-        init = {k: np.where(better.reshape(-1, *([1] * (np.ndim(v) - 1))), learned[k], np.asarray(v))
-                for k, v in given.items()}
-        return init, np.where(better, loss_learned, loss), better.astype(np.int64)
-
-    def __call__(self, keypoints, boxes, rot_mats, betas, cam, iters: Optional[int] = None) -> Fitted:
-        init, loss, choice = self.start(keypoints, boxes, rot_mats, betas, cam)
-        return self._run(self.fitter if iters is None else self._with_iters(iters), keypoints, boxes, init, choice)
+    def __call__(self, keypoints, boxes, rot_mats, betas, cam) -> Fitted:
+        return self._run(self.fitter, keypoints, boxes, self._init(rot_mats, betas, cam))
 
     def converge(self, keypoints, boxes, rot_mats, betas, cam, cap: int, block: int = 25,
                  tol: float = 0.01) -> Fitted:
-        init, loss, choice = self.start(keypoints, boxes, rot_mats, betas, cam)
-        first = min(block, cap)
-        out = self._run(self._with_iters(first), keypoints, boxes, init, choice)
-        later = self._with_iters(block, anneal=(1.0,))  # the priors' annealing is done
+        first = self._with(iters=min(block, cap))
+        out = self._run(first, keypoints, boxes, self._init(rot_mats, betas, cam))
+        # later blocks go on from where the last ended; the priors' annealing is done
+        later = self._with(iters=block, anneal=(1.0,), start="learned")
         active = np.ones(len(out.loss), bool)
-        done, previous = first, out.loss.copy()
+        done, previous = first.settings.iters, out.loss.copy()
         while done < cap and active.any():
             rows = np.flatnonzero(active)
             more = self._run(later, keypoints[rows], np.asarray(boxes)[rows],
-                             _as_init(out.rot_mats[rows], out.betas[rows], out.cam[rows]), choice[rows])
+                             _as_init(out.rot_mats[rows], out.betas[rows], out.cam[rows]))
             for name in ("rot_mats", "betas", "cam", "keypoints2d", "loss"):
                 getattr(out, name)[rows] = getattr(more, name)
             gain = (previous[rows] - more.loss) / np.maximum(np.abs(previous[rows]), 1e-12)
@@ -167,22 +153,22 @@ class PeopleFit:
             done += block
         return out
 
-    def _with_iters(self, iters: int, **changes) -> KeypointFitter:
-        from dataclasses import replace
-        if iters == self.settings.iters and not changes:
+    def _with(self, **changes) -> KeypointFitter:
+        settings = replace(self.settings, **changes)
+        if settings == self.settings:
             return self.fitter
-        return KeypointFitter(self.fitter.smpl, self.fitter.fmt, replace(self.settings, iters=iters, **changes),
-                              self.fitter.pose_prior)
+        return KeypointFitter(self.fitter.smpl, self.fitter.fmt, settings, self.fitter.pose_prior)
 
     @staticmethod
-    def _run(fitter, keypoints, boxes, init, choice) -> Fitted:
+    def _run(fitter, keypoints, boxes, init) -> Fitted:
         with torch.enable_grad():
             fit = fitter.fit(keypoints, boxes, init)
         pose = torch.cat([fit.global_orient, fit.body_pose], 1).cpu().double()
         rot = rodrigues(pose.view(len(pose), -1, 3)).numpy()
         return Fitted(rot_mats=rot, betas=fit.betas.cpu().numpy().astype(np.float64),
                       cam=fit.camera.cpu().numpy().astype(np.float64), keypoints2d=fit.keypoints2d.cpu().numpy(),
-                      loss=fit.loss.cpu().numpy().astype(np.float64), start=choice)
+                      loss=fit.loss.cpu().numpy().astype(np.float64),
+                      start=fit.learned_start.cpu().numpy().astype(np.int64))
 
 
 def draw_people(frame, poser, overlay, rot_mats, betas, cam, boxes, colors) -> np.ndarray:

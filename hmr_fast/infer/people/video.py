@@ -43,12 +43,11 @@ from ..smoothing import ParameterSmoother
 from ..pipeline import (StopSignals, Timer, check_run_limits, close_run, frame_chunks, frame_written, progress_bar,
                         timing_summary)
 from ..writer import ParamsRecorder, VideoSink
-from .stages import (MIN_KEYPOINT_SCORE, ROW_FIELDS, Fitted, PeopleFit, crop_boxes, detected_keypoints, draw_people,
-                     hmr_parameters, people_count, person_rows, scene, track_color)
+from .stages import (MIN_KEYPOINT_SCORE, ROW_FIELDS, START_CHOICES, Fitted, PeopleFit, crop_boxes,
+                     detected_keypoints, draw_people, hmr_parameters, people_count, person_rows, scene, track_color)
 
 # the npz's keys: every person's row, and the frame and track it belongs to
 VIDEO_FIELDS = {"frame": ((), np.int64), "track_id": ((), np.int64), **ROW_FIELDS, "followed": ((), np.int64)}
-START_CHOICES = ("auto", "hmr", "learned")
 FORGET_AFTER_S = 3.0  # a track unseen this long loses its filters and its last fit
 STAGES = ("detect", "hmr", "fit", "mesh_and_draw")  # the summary's stage_ms: mean ms per frame of each
 
@@ -102,9 +101,8 @@ class TrackFits:
     the shape their track's earlier fits found (a person's shape does not change; their pose
     does, faster than a few iterations from the last frame's fit follow)."""
 
-    def __init__(self, smpl, iters: int, lr: float = 0.05, initializer=None, always_learned: bool = False):
-        settings = FitSettings(iters=iters, torso_iters=0, try_flip=False, lr=lr)
-        self.fit = PeopleFit(smpl, settings, initializer, always_learned)
+    def __init__(self, smpl, iters: int, start: str = "auto"):
+        self.fit = PeopleFit(smpl, frame_fit_settings(iters), start)
         self.betas: dict = {}  # track id -> the betas of its last fit
 
     def __call__(self, track_ids, keypoints, boxes, rot_mats, betas, cam) -> Fitted:
@@ -154,8 +152,7 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
                                   with_vertices=False, threads=threads)
         poser, overlay = scene(predictor, cfg.mesh_faces)
         # with --refine 0 the "fit" only measures HMR's start (its loss, its keypoints)
-        refiner = TrackFits(poser.smpl, cfg.refine, initializer=learned_start(cfg.start) if cfg.refine else None,
-                            always_learned=cfg.start == "learned")
+        refiner = TrackFits(poser.smpl, cfg.refine, cfg.start)
         # tracks confirmed from their second frame (on the rendered crowds, 24 people,
         # benchmarks/people_video.py, 5-7 points more recall than from the fourth, as
         # precise) and reported from their first
@@ -215,14 +212,12 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
     return timing_summary(summary, timer, t_start)
 
 
-def learned_start(start: str):
-    """The learned start from keypoints for the fit, unless --start hmr."""
-    if start == "hmr":
-        return None
-    from hmr_fast.fit.initializer import default_initializer, initialize
-
-    model = default_initializer()
-    return lambda keypoints, boxes: initialize(keypoints, boxes, model)
+def frame_fit_settings(iters: int) -> FitSettings:
+    """A frame's fit: `iters` Adam iterations from the start, no torso stage nor turned-around
+    try (the start has the orientation). lr 0.01: from the learned start, Adam at 0.05 bends
+    the limbs in depth to chase the keypoints' noise (benchmarks/results/initializer_2026-12-07.md:
+    PA-MPJPE 76.0 mm at the start, 82.0 after 10 iterations at 0.05, 74.9 at 0.01)."""
+    return FitSettings(iters=iters, torso_iters=0, try_flip=False, lr=0.01)
 
 
 def _hmr_fresh(chunk, tracked, predictor, last_params, stages) -> list:
