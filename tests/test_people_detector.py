@@ -481,26 +481,29 @@ def test_auto_tiles_from_frame_size_and_people():
             max(h, w) <= 6.5 * person
 
 
-def test_auto_tiling_follows_the_people_found():
-    """First call: the finest grid; then coarser while everyone found is tall; the finest again
-    every AUTO_REFRESH-th call and after a call that found nobody."""
+@pytest.mark.parametrize("height", [470, 150, 0])
+def test_auto_tiling_follows_the_people_found(height):
+    """First call: the finest grid; then coarser only while everyone found stands at least a
+    third of the frame tall (470 px of 720; not 150 px, not when nobody was found); the
+    finest again every AUTO_REFRESH-th call."""
     from hmr_fast.infer.people.detector import AUTO_REFRESH
     detector = MoveNetMultiPose.__new__(MoveNetMultiPose)
     detector._configure(0.2, 256, "auto", 0.2)
     detector.photos = False
 
-    def fake_run(rgb, offset=(0, 0)):  # one 470 px person, seen by the whole frame only
-        kp = np.array([[[600.0, 100 + 25 * k, 0.9] for k in range(17)]]) if offset == (0, 0) else np.zeros((0, 17, 3))
-        box = np.array([[560.0, 90.0, 640.0, 560.0]]) if offset == (0, 0) else np.zeros((0, 4))
-        return box, np.array([0.9])[: len(box)], kp
+    def fake_run(rgb, offset=(0, 0)):  # one person `height` px tall, seen by the whole frame only
+        if offset != (0, 0) or not height:
+            return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 17, 3))
+        kp = np.array([[[600.0, 100 + height / 17 * k, 0.9] for k in range(17)]])
+        return np.array([[560.0, 90.0, 640.0, 90.0 + height]]), np.array([0.9]), kp
     detector._run = fake_run
     frame = np.zeros((720, 1280, 3), np.uint8)
     grids = []
     for _ in range(AUTO_REFRESH + 1):
         detector(frame)
         grids.append(detector.last_calls)
-    assert grids[0] == 13 and grids[1] == 1  # a 470 px person: the whole frame is enough
-    assert grids[AUTO_REFRESH] == 13 and set(grids[1:AUTO_REFRESH]) == {1}
+    assert grids[0] == grids[AUTO_REFRESH] == 13  # 3 x 4 tiles + the whole frame
+    assert set(grids[1:AUTO_REFRESH]) == ({1} if height == 470 else {13})  # 470 px: the whole frame is enough
 
 
 # --------------------------------------------------------------------------- between detections

@@ -27,8 +27,9 @@ sixth of its input's side, so `tiles=(rows, cols)` runs the whole frame and, bes
 rows x cols tiles overlapping by `overlap` (20%) of a tile, each at the model's full input
 size. `tiles="auto"` (the default) picks the grid per frame from the frame's size and the
 people found: fine enough for people a twelfth of the frame's shorter side tall (60 px in
-720p: 3 x 4 tiles) on a first frame, on every `AUTO_REFRESH`-th call and where no one was
-found, coarser where the smallest person found is taller (`auto_tiles`); the detections of all calls are merged by non-maximum
+720p: 3 x 4 tiles), coarser only while everyone found is at least a third of the frame tall
+(close range; the finest again on every `AUTO_REFRESH`-th call and after a cut)
+(`auto_tiles`, `MoveNetMultiPose.grid`); the detections of all calls are merged by non-maximum
 suppression on box IoU and on keypoint similarity (COCO's OKS), which also catches the
 half-bodies a tile cuts off, so that each person is reported once. `DetectEvery` runs a
 detector on every N-th frame only and follows its people by optical flow in between.
@@ -81,6 +82,10 @@ MIN_PERSON_FRACTION = 1 / 12
 TILE_PER_PERSON = 6.5
 MAX_AUTO_TILES = 6  # rows or columns
 AUTO_REFRESH = 8  # every 8th call of an automatic detector looks with the finest grid again
+# ... which is coarser only while everyone found is at least this tall (of the frame's shorter
+# side): close-range video. A crowd of 130-270 px people in 720p on a 2 x 3 grid between the
+# finest ones lost 8 points of recall against 3 x 4 always (benchmarks/people_video.py)
+COARSE_PERSON_FRACTION = 1 / 3
 # `DetectEvery(detector, "auto")`: about this many model calls per frame on average (each
 # 12-17 ms on the 2-core CPU at 256 px), so 3 x 4 tiles + the whole frame run every 4th frame
 AUTO_CALLS_PER_FRAME = 4
@@ -427,19 +432,19 @@ class MoveNetMultiPose:
 
     def grid(self, frame_bgr: np.ndarray) -> tuple:
         """The (rows, cols) of tiles for this frame: the fixed `tiles`, or automatically the
-        finest grid (photos, the first call, every AUTO_REFRESH-th, none found last time,
-        another scene than the last call's), else one for the smallest person the last call
-        found (a fifth smaller, for margin)."""
+        finest grid, except where everyone the last call found (in the same scene, within
+        AUTO_REFRESH calls) stood at least COARSE_PERSON_FRACTION of the frame's shorter side
+        tall: then one for the smallest of them (a fifth smaller, for margin)."""
         if self.tiles != "auto":
             return self.tiles
         height, width = frame_bgr.shape[:2]
         gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
         cut = same_scene(self._gray, gray) < MIN_SCENE_CORRELATION
         self._gray = gray
-        if self.photos or cut or self._smallest is None or self._calls % AUTO_REFRESH == 0:
+        tall = self._smallest is not None and self._smallest >= COARSE_PERSON_FRACTION * min(height, width)
+        if self.photos or cut or not tall or self._calls % AUTO_REFRESH == 0:
             return auto_tiles(height, width, overlap=self.overlap)
-        floor = MIN_PERSON_FRACTION * min(height, width)
-        return auto_tiles(height, width, max(floor, 0.8 * self._smallest), self.overlap)
+        return auto_tiles(height, width, 0.8 * self._smallest, self.overlap)
 
     def __call__(self, frame_bgr: np.ndarray) -> list:
         """People in `frame_bgr`, best first."""
