@@ -605,3 +605,16 @@ def test_followed_keypoint_the_flow_cannot_retrace_moves_with_its_person(monkeyp
     assert np.allclose(person.keypoints[1, :2], points[1] + (18, 2))  # retraced: trusted
     assert np.allclose(person.keypoints[0, :2], points[0] + (3, 2)) and person.keypoints[0, 2] == pytest.approx(0.4)
     assert np.all(person.keypoints[1:, 2] == 0.8)
+
+
+def test_a_tiles_cut_off_part_inside_a_whole_person_is_dropped():
+    """drop_contained: a detection a tile cut off, lying inside a whole person's box, is part of
+    that person; a whole (uncut) small person inside a bigger box, or a cut one elsewhere, stays."""
+    from hmr_fast.infer.people.detector import drop_contained
+    boxes = np.array([[0, 0, 100, 200], [10, 10, 50, 60], [150, 0, 200, 100], [20, 120, 60, 190],
+                      [90, 0, 160, 90]], float)
+    cut = np.array([False, True, True, False, True])
+    keep = np.arange(5)
+    # 1: inside 0 and cut -> dropped; 3: inside 0 but whole -> kept; 2: elsewhere; 4: a seventh inside 0
+    assert drop_contained(boxes, cut, keep).tolist() == [0, 2, 3, 4]
+    assert drop_contained(boxes, cut, np.array([1, 2, 4])).tolist() == [1, 2, 4]  # no whole one kept

@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 
 from hmr_fast.atomic import atomic_path
-from hmr_fast.camera import box_iou
+from hmr_fast.camera import box_areas, box_intersections, box_iou
 from hmr_fast.errors import CheckpointError, UsageError
 
 MOVENET_SHA256 = "d4489f89e6bd6777a8b9a1a16189832131f84ff90d82fae729e670b84d7948dd"
@@ -360,6 +360,19 @@ def merge_detections(boxes, scores, keypoints, rank=None, iou_threshold: float =
     return np.asarray(keep, int)
 
 
+def drop_contained(boxes, cut, keep, threshold: float = 0.7) -> np.ndarray:
+    """`keep` less the detections a tile cut off (`cut`) whose box lies mostly (more than
+    `threshold` of its area) inside a kept uncut one's: part of that person's body, where NMS
+    let it through because it is small beside the whole (low IoU) and shares few confident
+    keypoints (low OKS)."""
+    whole = keep[~cut[keep]]
+    if not len(whole) or not cut[keep].any():
+        return keep
+    inside = box_intersections(boxes[keep], boxes[whole]) / np.maximum(box_areas(boxes[keep]), 1e-9)[:, None]
+    own = keep[:, None] == whole[None, :]  # a box is inside itself
+    return keep[~(cut[keep] & (np.where(own, 0.0, inside) > threshold).any(1))]
+
+
 # --------------------------------------------------------------------------- the detector
 class MoveNetMultiPose:
     """People in BGR frames: `detector(frame) -> list[PersonDetection]`, best first.
@@ -474,6 +487,7 @@ class MoveNetMultiPose:
         ok = (scores >= self.min_score) & np.all(boxes[:, 2:] > boxes[:, :2], 1)
         boxes, scores, kps, cut = boxes[ok], scores[ok], kps[ok], cut[ok]
         keep = merge_detections(boxes, scores, kps, rank=np.where(cut, 0.5, 1.0) * scores)
+        keep = drop_contained(boxes, cut, keep)
         keep = keep[np.argsort(-scores[keep], kind="stable")]
         whole = keep[~cut[keep]]
         self._smallest = float(np.min(boxes[whole, 3] - boxes[whole, 1])) if len(whole) else None
