@@ -38,7 +38,6 @@ Definitions
 """
 import argparse
 import json
-import sys
 
 import numpy as np
 

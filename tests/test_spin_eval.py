@@ -7,7 +7,6 @@ every expected number is computed here with numpy, not with hmr_fast.metrics.
 """
 import dataclasses
 import os
-import pickle
 import shutil
 from types import SimpleNamespace
 

@@ -40,7 +40,6 @@ evaluator can avoid counting a detection of them as a false positive).
 """
 import argparse
 import hashlib
-import io
 import json
 import os
 import re

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import numpy as np
 import torch
@@ -171,16 +170,11 @@ class PeopleFit:
                       start=fit.learned_start.cpu().numpy().astype(np.int64))
 
 
-def draw_people(frame, poser, overlay, rot_mats, betas, cam, boxes, colors) -> np.ndarray:
-    """Every mesh drawn into `frame` in one z-buffer pass, far to near; returns the posed
-    bodies' COCO keypoints (P, 17, 2) px (NaN where the joint set has none)."""
-    _, keypoints_px, vertices_px = poser(rot_mats, betas, cam, boxes)
+def draw_people(frame, poser, overlay, rot_mats, betas, cam, boxes, colors) -> None:
+    """Every mesh drawn into `frame` in one z-buffer pass, far to near."""
+    _, _, vertices_px = poser(rot_mats, betas, cam, boxes)
     order = depth_order(np.asarray(cam), np.asarray(boxes))
     overlay.meshes(frame, vertices_px[order], [colors[i] for i in order])
-    rows = np.asarray(keypoint_format("coco17").rows)
-    out = keypoints_px[:, np.clip(rows, 0, None)]
-    out[:, rows < 0] = np.nan
-    return out
 
 
 def person_rows(detections, boxes, rot_mats, betas, cam, keypoints_fit, loss) -> list:
