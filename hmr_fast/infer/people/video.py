@@ -4,17 +4,20 @@
 
 Per frame:
 1. people and their 17 COCO keypoints from a learned detector (MoveNet MultiPose,
-   infer/people.py; --detector PATH takes a local copy of its weights); with
-   --detect-every N it runs on every N-th frame and the people it found are followed by
-   optical flow in between (`people.DetectEvery`);
-2. identities across frames (norfair's tracker on the keypoints, infer/people_tracking.py);
+   detector.py; --detector PATH takes a local copy of its weights), on tiles chosen from the
+   frame's size and the people found (--tiles auto); with --detect-every N (auto: from the
+   tiles) it runs on every N-th frame and the people it found are followed by optical flow
+   in between (`DetectEvery`);
+2. identities across frames (norfair's tracker on the keypoints, tracking.py), a person
+   reported from the first frame they are found in;
 3. every freshly detected person's crop (the detection's box, with the training crops'
    margin) through HMR and SMPL in one batch (the fused kernels on CUDA), with --batch N
    the people of N frames in one call; a followed person starts from their own previous
    frame instead;
 4. each track's HMR parameters smoothed over time (One-Euro, one filter per track);
 5. --refine N iterations of the batched SMPLify fit (hmr_fast.fit) to the keypoints, all
-   people at once, each from HMR's pose (or their previous frame's) and their track's shape;
+   people at once, each from the better of HMR's pose (or their previous frame's) and the
+   learned start from their keypoints, with their track's shape (stages.PeopleFit);
 6. every mesh drawn in one z-buffer, far to near, one colour per track, with a simplified
    mesh of --mesh-faces faces (a crowd's people are small; the full mesh with 0).
 
@@ -22,7 +25,8 @@ The params npz has one row per (frame, person): frame, track_id, box (x1, y1, x2
 keypoints2d (17, 3: detected, pixels + confidence, COCO order), keypoints2d_fit (17, 2: the
 fitted model's COCO keypoints, pixels), betas (10), body_pose (69), global_orient (3),
 camera (3: weak perspective s, tx, ty in the crop box), crop_box (3: cx, cy, size pixels),
-followed (1 where the keypoints were carried by optical flow, not detected in this frame).
+loss (the fit's objective), followed (1 where the keypoints were carried by optical flow, not
+detected in this frame); every key is there, with zero rows, when nobody is found.
 Like the single-person mode, the video and the npz are complete when the run is interrupted.
 """
 from __future__ import annotations
