@@ -618,3 +618,34 @@ def test_a_tiles_cut_off_part_inside_a_whole_person_is_dropped():
     # 1: inside 0 and cut -> dropped; 3: inside 0 but whole -> kept; 2: elsewhere; 4: a seventh inside 0
     assert drop_contained(boxes, cut, keep).tolist() == [0, 2, 3, 4]
     assert drop_contained(boxes, cut, np.array([1, 2, 4])).tolist() == [1, 2, 4]  # no whole one kept
+
+
+def test_small_people_of_a_720p_crowd_are_found_with_no_flags(real_detector, tmp_path):
+    """13 mannequins 65-86 px tall in a 1280x720 frame: MoveNet on the whole frame finds none;
+    the default (automatic) tiling finds nine in ten or more (box IoU >= 0.5), and `video
+    --people all` with default flags reports them from the first frame."""
+    pytest.importorskip("norfair")
+    from hmr_fast.infer.clips import render_crowd_clip
+    from hmr_fast.infer.people.metrics import match_people
+    from hmr_fast.infer.people.video import PeopleConfig, run_people
+    from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
+
+    gt = render_crowd_clip(tmp_path, num_people=16, num_frames=2, width=1280, height=720, seed=3,
+                           heights=(0.085, 0.12))
+    capture = cv2.VideoCapture(str(tmp_path / "crowd.mp4"))
+    ok, frame = capture.read()
+    capture.release()
+    whole = (gt["frame"] == 0) & (gt["visible"] > 0.9)
+    assert ok and whole.sum() >= 10 and (gt["box"][whole, 3] - gt["box"][whole, 1]).max() < 90
+    assert real_detector(frame) == []  # the whole frame alone (tiles 1, 1)
+    found = MoveNetMultiPose(real_detector.model, threads=1)(frame)
+    boxes = np.array([d.box for d in found]).reshape(-1, 4)
+    matched = match_people(gt["box"][whole], boxes)
+    assert len(matched) >= 0.9 * whole.sum() and len(found) <= whole.sum() + 1, (len(matched), len(found))
+    cfg = PeopleConfig(input=str(tmp_path / "crowd.mp4"), out=str(tmp_path / "o.mp4"),
+                       checkpoint=str(SHIPPED_CHECKPOINT), save_params=str(tmp_path / "p.npz"), device="cpu",
+                       refine=2, progress=False, detector=real_detector.model)
+    run_people(cfg, log=lambda *a: None)
+    params = np.load(tmp_path / "p.npz")
+    first = params["frame"] == 0
+    assert len(match_people(gt["box"][whole], params["box"][first])) >= 0.9 * whole.sum()
