@@ -18,7 +18,10 @@ SPIN_DATA/dataset_extras; SMPL in --smpl, else SPIN_DATA/smpl, else the checkpoi
 What is computed, as SPIN's eval.py computes it:
 - the crop: scale * 200 px square around center, resized to 224, no rotation, ImageNet
   normalisation (hmr_fast.camera's affine crop: the same box, sampled bilinearly, where
-  SPIN rounds the box to whole pixels and resizes);
+  SPIN rounds the box to whole pixels and resizes). Not reproduced: SPIN's crop goes through
+  scipy.misc.imresize (scipy 1.0), which min-max stretches each float crop to 0..255 before
+  PIL's (antialiased) bilinear resize; its released weights saw stretched crops, so a crop
+  whose pixels do not span 0..255 reaches them a little differently here;
 - predicted joints: J_regressor_h36m @ the predicted mesh (neutral SMPL, the network's pose
   and betas); pelvis = H36M joint 0 of that regression; the 14 LSP joints H36M_TO_J14
   (17 joints H36M_TO_J17 for MPI-INF-3DHP), minus the pelvis;
