@@ -125,3 +125,41 @@ def test_images_command_default_flags(crowd, tmp_path, capsys):
         seen = truth[j][:, 2] > 0
         height = np.ptp(truth[j][seen, 1])
         assert np.nanmedian(np.linalg.norm(fit - truth[j][:, :2], axis=-1)[seen]) < 0.08 * height
+
+
+def test_people_as_pseudo_labels_for_training(crowd, predictor, tmp_path):
+    """--save-dataset: the people as a SPIN-style dataset (the detected keypoints as labels, the
+    crop box as center / scale) and their fits as SPIN's static fits; the training dataset reads
+    them back: each sample's crop and keypoints, and the fits row for row."""
+    pytest.importorskip("norfair")
+    from hmr_fast.data.keypoints import COCO17_NAMES, HMR19_NAMES
+    from hmr_fast.data.spin_npz import SpinDataset
+    from hmr_fast.infer.people.images import ImagesConfig, PeoplePhotos, run_images
+
+    out, gt, _ = crowd
+    photos = PeoplePhotos(refine=5, detector=TruthDetector(gt, seed=4), predictor=predictor)
+    summary = run_images(ImagesConfig(inputs=[str(out / "first.png")], out=str(tmp_path / "res"), progress=False,
+                                      save_dataset=True), photos)
+    with np.load(tmp_path / "res" / "people.npz") as npz:
+        rows = {k: npz[k] for k in npz.files}
+    fits = np.load(tmp_path / "res" / "pseudo_fits.npy")
+    n = len(rows["person"])
+    assert summary["pseudo_labels"] == n >= 2 and fits.shape == (n, 82)  # the truth's 0.9 scores are all labels
+    np.testing.assert_allclose(fits, np.c_[rows["global_orient"], rows["body_pose"], rows["betas"]])
+    dataset = SpinDataset(tmp_path / "res" / "pseudo_labels.npz", "/", img_size=64)
+    assert len(dataset) == n
+    for i in range(n):
+        record = dataset.record(i)
+        assert record.image_path == str((out / "first.png").resolve())
+        np.testing.assert_allclose(record.center, rows["crop_box"][i, :2])
+        assert record.box_size == pytest.approx(rows["crop_box"][i, 2])
+        for h, name in enumerate(HMR19_NAMES):  # each COCO keypoint lands on its HMR19 slot, visible
+            if name in COCO17_NAMES:
+                c = COCO17_NAMES.index(name)
+                visible = rows["keypoints2d"][i, c, 2] >= 0.3
+                assert record.keypoints[h, 2] == float(visible)
+                if visible:
+                    np.testing.assert_allclose(record.keypoints[h, :2], rows["keypoints2d"][i, c, :2])
+            else:
+                assert record.keypoints[h, 2] == 0.0  # neck and head top: no COCO keypoint
+    assert dataset[0] is not None  # the crop is cut from the image

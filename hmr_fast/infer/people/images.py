@@ -15,6 +15,13 @@ body_pose (69), global_orient (3), camera (3: weak s, tx, ty in crop_box), crop_
 cy, size px), loss (the fit's objective), start (0: HMR's, 1: the learned start). Every key
 is there with zero rows when nobody is found. Unreadable images: one warning line each;
 the rest go on. In Python, `PeoplePhotos(...)(image)` does the same for one BGR array.
+
+--save-dataset also writes the people as pseudo-labels for training (SPIN's and EFT's way):
+DIR/pseudo_labels.npz, a SPIN-style dataset (imgname: the image's absolute path, center and
+scale from the crop box, part: the detected keypoints at least LABEL_SCORE confident, in
+SPIN's 24-joint order), and DIR/pseudo_fits.npy (N, 82: the fitted pose and betas), the SPIN
+loop's starting fits (`data.train: [{kind: spin, path: DIR/pseudo_labels.npz, images: /,
+fits: DIR/pseudo_fits.npy}]`); people with fewer than MIN_LABELLED such keypoints are left out.
 """
 from __future__ import annotations
 
@@ -42,6 +49,8 @@ from .video import frame_fit_settings
 REFINE_CAP = 200  # the most fit iterations per person (a photograph's fit runs to convergence)
 BLOCK = 25  # iterations between convergence checks; the first block runs as a video frame's fit
 TOLERANCE = 0.01  # a person whose objective improves by less than this (relative) over a block is done
+LABEL_SCORE = 0.3  # detected keypoints at least this confident become pseudo-labels
+MIN_LABELLED = 8  # people with fewer labelled keypoints are left out of the pseudo-labels
 PHOTO_FIELDS = {"image": ((), np.str_), "person": ((), np.int64),
                 **{k: v for k, v in ROW_FIELDS.items() if k not in ("box", "score")},
                 "box": ((5,), np.float64), "start": ((), np.int64)}
@@ -132,6 +141,7 @@ class ImagesConfig:
     tiles: object = "auto"
     detector_size: int = 256
     mesh_faces: int = 0
+    save_dataset: bool = False
     progress: bool = True
     warn: object = field(default=print, repr=False)
 
@@ -160,6 +170,7 @@ def run_images(cfg: ImagesConfig, photos: Optional[PeoplePhotos] = None) -> dict
                                   None, cfg.device, cfg.backend, cfg.precision, cfg.min_score, cfg.tiles,
                                   cfg.detector_size, cfg.mesh_faces, threads)
         stems: set = set()
+        labelled: list = []  # (the image's path, its row), for --save-dataset
         try:
             for path in _progress(paths, cfg.progress):
                 image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -173,13 +184,51 @@ def run_images(cfg: ImagesConfig, photos: Optional[PeoplePhotos] = None) -> dict
                 _write_jpeg(out / f"{_unique_stem(path.stem, stems)}.jpg", overlay)
                 for row in rows:
                     recorder.add(image=path.name, **row)
+                labelled += [(path, row) for row in rows]
                 summary["images"] += 1
                 summary["people"] += len(rows)
         finally:
             recorder.save(index_key="person")
+            if cfg.save_dataset:
+                summary["pseudo_labels"] = save_pseudo_labels(out, labelled)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     summary["npz"] = str(out / "people.npz")
     return summary
+
+
+def pseudo_labels(labelled) -> tuple:
+    """(SPIN-style arrays, fits (N, 82)) from [(image path, row)]: see the module docstring."""
+    from hmr_fast.data.keypoints import COCO17_TO_HMR19, hmr19_to_spin24
+
+    names, centers, scales, parts, fits = [], [], [], [], []
+    rows19 = np.asarray(COCO17_TO_HMR19)
+    for path, row in labelled:
+        coco = np.asarray(row["keypoints2d"], np.float64)
+        seen = coco[:, 2] >= LABEL_SCORE
+        if seen.sum() < MIN_LABELLED:
+            continue
+        hmr19 = np.zeros((len(rows19), 3))
+        has = rows19 >= 0
+        hmr19[has, :2] = coco[rows19[has], :2]
+        hmr19[has, 2] = seen[rows19[has]]
+        names.append(str(Path(path).resolve()))
+        centers.append(row["crop_box"][:2])
+        scales.append(row["crop_box"][2] / 200.0)
+        parts.append(hmr19_to_spin24(hmr19))
+        fits.append(np.concatenate([row["global_orient"], row["body_pose"], row["betas"]]))
+    arrays = {"imgname": np.asarray(names, dtype=np.str_), "center": np.asarray(centers).reshape(-1, 2),
+              "scale": np.asarray(scales).reshape(-1), "part": np.asarray(parts).reshape(-1, 24, 3)}
+    return arrays, np.asarray(fits, np.float64).reshape(-1, 82)
+
+
+def save_pseudo_labels(out: Path, labelled) -> int:
+    """DIR/pseudo_labels.npz and DIR/pseudo_fits.npy, written atomically; returns the people kept."""
+    arrays, fits = pseudo_labels(labelled)
+    with atomic_path(out / "pseudo_labels.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    with atomic_path(out / "pseudo_fits.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, fits)
+    return len(fits)
 
 
 def _detector(cfg: ImagesConfig, threads):
@@ -230,6 +279,9 @@ def add_arguments(parser) -> None:
                         help="ROWS,COLS detector tiles besides the whole image, or auto (from the image size)")
     parser.add_argument("--detector-size", type=int, default=256, metavar="PX")
     parser.add_argument("--mesh-faces", type=int, default=0, help="faces of the drawn mesh (0: the model's own)")
+    parser.add_argument("--save-dataset", action="store_true",
+                        help="also write DIR/pseudo_labels.npz (SPIN-style: the detected keypoints as labels) and "
+                             "DIR/pseudo_fits.npy (the fits, the SPIN loop's starting fits) for hmr-fast train")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "compiled", "onnxruntime",
                                                               "tensorrt", "aoti"))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
@@ -255,11 +307,12 @@ def run(args) -> int:
             inputs=args.inputs, out=args.out, checkpoint=args.checkpoint, refine=args.refine, start=args.fit_start,
             detector=args.detector, backend=args.backend, device=args.device, precision=args.precision,
             min_score=args.min_score, tiles=parse_tiles(args.tiles), detector_size=args.detector_size,
-            mesh_faces=args.mesh_faces))
+            mesh_faces=args.mesh_faces, save_dataset=args.save_dataset))
     except ValueError as exc:  # an option out of range
         print(f"hmr-fast images: {exc}", file=sys.stderr)
         return 2
     print(f"done: {summary['images']} images, {people_count(summary['people'])} in {summary['seconds']:.1f} s"
           + (f"; {summary['unreadable']} unreadable skipped" if summary["unreadable"] else "")
-          + f"; wrote {summary['out']}/<image>.jpg and {summary['npz']}")
+          + f"; wrote {summary['out']}/<image>.jpg and {summary['npz']}"
+          + (f" and {summary['pseudo_labels']} pseudo-labelled people" if "pseudo_labels" in summary else ""))
     return 0
