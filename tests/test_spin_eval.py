@@ -298,3 +298,36 @@ def test_cli_eval_dataset_runs_a_checkpoint(setup, tmp_path, capsys):
     assert rows[0].startswith("imgname,mpjpe_mm,pa_mpjpe_mm") and len(rows) == 5
     assert cli_main(["eval", "--checkpoint", ckpt, "--dataset", "h36m-p1"]) == 2
     assert "--root" in capsys.readouterr().err
+
+
+def test_spin_crops_are_contrast_stretched_for_spin_weights():
+    """SPIN's crops went through scipy 1.0's bytescale (min..max of the crop -> 0..255): the
+    evaluation stretches crops so for a model with SPIN's regressor wiring (its config's
+    `regressor`), not for others; `stretch` overrides either way."""
+    from hmr_fast.training.spin_eval import stretch_contrast
+    rng = np.random.default_rng(5)
+    crop = rng.integers(40, 181, (224, 224, 3)).astype(np.uint8)
+    crop[0, 0, 0], crop[1, 1, 1] = 40, 180
+    out = stretch_contrast(crop)
+    expect = np.rint((crop.astype(np.float64) - 40) * 255.0 / 140.0)
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    np.testing.assert_array_equal(out, expect.astype(np.uint8))
+    flat = np.full((4, 4, 3), 7, np.uint8)
+    np.testing.assert_array_equal(stretch_contrast(flat), np.zeros_like(flat))
+
+
+def test_stretch_follows_the_regressor_wiring(setup, monkeypatch):
+    class Seen(Exception):
+        pass
+
+    def crops(arrays, root, npz_path, stretch=False):
+        raise Seen(stretch)  # the evaluation's crops are made here: stop with what they were asked
+    monkeypatch.setattr(spin_eval, "EvalCrops", crops)
+    s = setup
+    write_h36m(s)
+    for regressor, stretch, expect in (("spin", None, True), ("hmr", None, False), ("spin", False, False),
+                                       ("hmr", True, True)):
+        model = SimpleNamespace(smpl=s.smpl, config={"regressor": regressor})
+        with pytest.raises(Seen) as seen:
+            evaluate_spin_benchmark(model, "h36m-p1", s.root, extras=s.extras, workers=0, stretch=stretch)
+        assert seen.value.args[0] is expect, (regressor, stretch)

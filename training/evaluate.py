@@ -12,6 +12,7 @@ samples with 3D ground truth. PCK@a counts visible keypoints within a x the crop
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -76,6 +77,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--smpl", help="--dataset: SMPL model folder (neutral; male and female for 3dpw)")
     parser.add_argument("--flip", action="store_true", help="--dataset: average with the mirrored crop's prediction")
     parser.add_argument("--per-sample", help="--dataset: write each sample's errors here (.csv or .npz)")
+    parser.add_argument("--stretch", action=argparse.BooleanOptionalAction, default=None,
+                        help="--dataset: stretch each crop's contrast to 0..255 as SPIN's crops were (default: for "
+                             "a checkpoint with SPIN's regressor wiring, i.e. imported SPIN weights)")
     parser.add_argument("--split", default="val.npz", help="the file read when --data is a folder")
     parser.add_argument("--images", help="image root (default: the folder of --data)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
@@ -124,7 +128,7 @@ def _run_spin(args, model, device) -> int:
 
     summary, per_sample = evaluate_spin_benchmark(
         model, args.dataset, args.root, extras=args.extras, smpl_path=args.smpl, batch_size=args.batch_size,
-        workers=args.workers, flip=args.flip, device=device, max_samples=args.max_samples)
+        workers=args.workers, flip=args.flip, device=device, max_samples=args.max_samples, stretch=args.stretch)
     print_summary(summary)
     if args.per_sample:
         print(f"per-sample errors: {write_per_sample(args.per_sample, per_sample)}")

@@ -18,10 +18,12 @@ SPIN_DATA/dataset_extras; SMPL in --smpl, else SPIN_DATA/smpl, else the checkpoi
 What is computed, as SPIN's eval.py computes it:
 - the crop: scale * 200 px square around center, resized to 224, no rotation, ImageNet
   normalisation (hmr_fast.camera's affine crop: the same box, sampled bilinearly, where
-  SPIN rounds the box to whole pixels and resizes). Not reproduced: SPIN's crop goes through
-  scipy.misc.imresize (scipy 1.0), which min-max stretches each float crop to 0..255 before
-  PIL's (antialiased) bilinear resize; its released weights saw stretched crops, so a crop
-  whose pixels do not span 0..255 reaches them a little differently here;
+  SPIN rounds the box to whole pixels and resizes). SPIN's crop goes through
+  scipy.misc.imresize (scipy 1.0), which min-max stretches each float crop (zero padding
+  included) to 0..255 before PIL's bilinear resize; its released weights saw stretched crops,
+  so with `stretch` (the default for a model with SPIN's regressor wiring, i.e. imported
+  SPIN weights; `--stretch/--no-stretch`) each crop is stretched the same way, after the
+  resize here (a linear map: the same but for the min and max the resampling moves);
 - predicted joints: J_regressor_h36m @ the predicted mesh (neutral SMPL, the network's pose
   and betas); pelvis = H36M joint 0 of that regression; the 14 LSP joints H36M_TO_J14
   (17 joints H36M_TO_J17 for MPI-INF-3DHP), minus the pelvis;
@@ -161,8 +163,8 @@ def read_h36m_regressor(path, num_vertices: int) -> torch.Tensor:
 class EvalCrops(torch.utils.data.Dataset):
     """SPIN's evaluation crops: (uint8 (3, 224, 224), index)."""
 
-    def __init__(self, arrays: dict, root, npz_path):
-        self.arrays, self.root, self.npz_path = arrays, Path(root), npz_path
+    def __init__(self, arrays: dict, root, npz_path, stretch: bool = False):
+        self.arrays, self.root, self.npz_path, self.stretch = arrays, Path(root), npz_path, stretch
 
     def __len__(self):
         return len(self.arrays["imgname"])
@@ -175,7 +177,17 @@ class EvalCrops(torch.utils.data.Dataset):
                             "dataset folder SPIN's config.py names, which its imgname entries are relative to)")
         m = crop_matrix(self.arrays["center"][i], float(self.arrays["scale"][i]) * 200.0, IMG_RES)
         crop = crop_image(image, m, IMG_RES)
+        if self.stretch:
+            crop = stretch_contrast(crop)
         return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))), i
+
+
+def stretch_contrast(crop: np.ndarray) -> np.ndarray:
+    """The crop's darkest value to 0 and brightest to 255 over all channels, linearly (scipy
+    1.0's bytescale, which SPIN's crops went through); uint8 out."""
+    lo, hi = float(crop.min()), float(crop.max())
+    scale = 255.0 / (hi - lo) if hi > lo else 1.0
+    return np.clip(np.rint((crop.astype(np.float64) - lo) * scale), 0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------ arithmetic
@@ -222,8 +234,10 @@ def mean_rotation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- the run
 @torch.no_grad()
 def evaluate_spin_benchmark(model, name: str, root, extras=None, smpl_path=None, batch_size: int = 32,
-                            workers: int = 2, flip: bool = False, device="cpu", max_samples: int = 0):
-    """(summary dict, per-sample dict of numpy arrays incl. imgname) of `model` on benchmark `name`."""
+                            workers: int = 2, flip: bool = False, device="cpu", max_samples: int = 0,
+                            stretch=None):
+    """(summary dict, per-sample dict of numpy arrays incl. imgname) of `model` on benchmark `name`.
+    stretch: SPIN's contrast stretch of each crop (None: for a model with SPIN's regressor)."""
     from hmr_fast.body import SMPL
 
     bench = BENCHMARKS[name]
@@ -234,7 +248,7 @@ def evaluate_spin_benchmark(model, name: str, root, extras=None, smpl_path=None,
         arrays = {k: v[:max_samples] for k, v in arrays.items()}
     if smpl_path is None and extras is not None and (Path(extras) / "smpl").is_dir():
         smpl_path = extras
-    smpl = model.smpl if smpl_path is None else SMPL(smpl_path, backend="reference").to(device)
+    smpl = model.smpl if smpl_path is None else SMPL(smpl_path, backend="reference", num_betas=10).to(device)
     num_vertices = int(getattr(smpl, "num_vertices", 6890))
     regressor_dirs = [Path(d) for d in (extras, root) if d is not None] + \
         ([Path(smpl_path)] if smpl_path is not None and Path(smpl_path).is_dir() else [])
@@ -245,8 +259,11 @@ def evaluate_spin_benchmark(model, name: str, root, extras=None, smpl_path=None,
         if smpl_path is None:
             raise FileNotFoundError("3dpw needs SMPL's male and female models for its ground-truth meshes: pass "
                                     "--smpl DIR (SMPL_MALE.pkl, SMPL_FEMALE.pkl; SPIN keeps them in data/smpl/)")
-        gendered = {g: SMPL(smpl_path, gender=g, backend="reference").to(device) for g in ("male", "female")}
-    loader = torch.utils.data.DataLoader(EvalCrops(arrays, root, npz_path), batch_size=batch_size,
+        gendered = {g: SMPL(smpl_path, gender=g, backend="reference", num_betas=10).to(device)
+                    for g in ("male", "female")}
+    if stretch is None:
+        stretch = getattr(model, "config", {}).get("regressor", "hmr") == "spin"
+    loader = torch.utils.data.DataLoader(EvalCrops(arrays, root, npz_path, stretch), batch_size=batch_size,
                                          num_workers=workers, shuffle=False)
     was_training = model.training
     model.eval()
