@@ -212,8 +212,8 @@ class KeypointFitter:
         torso = torch.zeros(K, device=device)
         torso[list(self.fmt.torso)] = 1.0
         pairs = _sequence_pairs(sequence_ids, device)
-        init, learned = self._learned_start(target, box, keep, init)
-        p = _Params(*self._start(B, init, device))
+        start, learned = self._first_start(B, target, box, keep, init, device)
+        p = _Params(*start)
 
         # 1. camera and global orientation from the torso (the pose and shape stay)
         if s.torso_iters:
@@ -251,34 +251,26 @@ class KeypointFitter:
             keypoints2d=torch.where(modelled, pred.detach(), nan.expand_as(pred)), loss=loss.detach(),
             flipped=flipped, camera_model="weak" if perspective is None else "perspective", learned_start=learned)
 
-    def _learned_start(self, keypoints, boxes, keep, init: Optional[dict]) -> tuple:
-        """(init, learned (B,) bool): init with what it lacks guessed by the keypoint
-        initializer from the keypoints in their boxes, where the settings ask for it and init
-        gives no pose; with start "best" and a given pose, per person the better start of the
-        two by the objective (the priors at their final weight)."""
-        B = len(keypoints)
+    def _first_start(self, B, keypoints, boxes, keep, init: Optional[dict], device) -> tuple:
+        """(the start (`_start`'s tensors), learned (B,) bool): init, with what it lacks guessed
+        by the keypoint initializer from the keypoints in their boxes where the settings ask
+        for it and init gives no pose; with start "best" and a given pose, per person the
+        better of the two starts by the objective (the priors at their final weight)."""
         given = "body_pose" in (init or {})
-        no = torch.zeros(B, dtype=torch.bool, device=keypoints.device)
+        no = torch.zeros(B, dtype=torch.bool, device=device)
         if self.settings.start == "mean" or self.fmt.name != "coco17" or not B or \
                 (given and self.settings.start != "best"):
-            return init, no
+            return self._start(B, init, device), no
         guess = default_initializer().start(keypoints.detach().cpu(), boxes.detach().cpu())
         if not given:
-            return {**guess, **(init or {})}, ~no
-        learned = {**guess, **({"betas": init["betas"]} if "betas" in init else {})}
+            return self._start(B, {**guess, **(init or {})}, device), ~no
+        starts = [self._start(B, init, device),
+                  self._start(B, {**guess, **({"betas": init["betas"]} if "betas" in init else {})}, device)]
         with torch.no_grad():
-            loss = [self._objective(_Params(*self._start(B, start, keypoints.device)), keypoints, boxes, keep, None,
-                                    self.settings.anneal[-1], None)[0] for start in (init, learned)]
+            loss = [self._objective(_Params(*start), keypoints, boxes, keep, None, self.settings.anneal[-1], None)[0]
+                    for start in starts]
         better = loss[1] < loss[0]
-        chosen = {}
-        for key in set(init) | set(learned):
-            if key not in learned or key not in init:
-                chosen[key] = init.get(key, learned.get(key))
-                continue
-            a, b = (torch.as_tensor(np.asarray(v) if not torch.is_tensor(v) else v, dtype=torch.float32,
-                                    device=keypoints.device).reshape(B, -1) for v in (init[key], learned[key]))
-            chosen[key] = torch.where(better[:, None], b, a)
-        return chosen, better
+        return tuple(torch.where(better[:, None], b, a) for a, b in zip(*starts)), better
 
     def _start(self, B, init, device):
         init = init or {}
