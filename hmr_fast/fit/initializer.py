@@ -33,7 +33,7 @@ from torch import nn
 
 from hmr_fast.atomic import atomic_path
 from hmr_fast.errors import DataError
-from hmr_fast.rotations import rodrigues, rot6d_to_rotmat, rotmat_to_6d
+from hmr_fast.rotations import rodrigues, rot6d_to_rotmat, rotmat_to_6d, rotmat_to_axis_angle_torch
 
 from .start import MEAN_SCALE, UPRIGHT, people_boxes
 
@@ -117,33 +117,8 @@ class KeypointInitializer(nn.Module):
             raise ValueError(f"the initializer takes keypoints (B, {NUM_KEYPOINTS}, 3) and boxes (B, 3); got "
                              f"{tuple(kp.shape)} and {tuple(box.shape)}")
         rot6d, betas, cam = self(kp, box)
-        pose = axis_angle(rot6d_to_rotmat(rot6d)).flatten(1)
+        pose = rotmat_to_axis_angle_torch(rot6d_to_rotmat(rot6d)).flatten(1)
         return {"global_orient": pose[:, :3], "body_pose": pose[:, 3:], "betas": betas.float(), "cam": cam.float()}
-
-
-def axis_angle(R: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices (..., 3, 3) -> axis-angle (..., 3) in torch: the twin of
-    rotations.rotmat_to_axis_angle (scipy), which costs as much as the network itself here
-    (6 ms for 64 people's 1536 matrices on one thread). Through the quaternion, taken from
-    the best conditioned of Shepperd's four formulas, w >= 0 so the angle is in [0, pi]."""
-    m = R.flatten(-2)
-    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.unbind(-1)
-    two_q = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22,
-                         1 - m00 - m11 + m22], -1).clamp(min=0).sqrt()  # 2 |w|, 2 |x|, 2 |y|, 2 |z|
-    candidates = torch.stack([
-        torch.stack([two_q[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], -1),
-        torch.stack([m21 - m12, two_q[..., 1] ** 2, m10 + m01, m02 + m20], -1),
-        torch.stack([m02 - m20, m10 + m01, two_q[..., 2] ** 2, m12 + m21], -1),
-        torch.stack([m10 - m01, m20 + m02, m21 + m12, two_q[..., 3] ** 2], -1),
-    ], -2) / (2 * two_q[..., None].clamp(min=0.1))  # row i is the quaternion (w, x, y, z) by formula i
-    best = two_q.argmax(-1, keepdim=True)[..., None].expand(*two_q.shape[:-1], 1, 4)
-    q = candidates.gather(-2, best).squeeze(-2)
-    q = torch.where(q[..., :1] < 0, -q, q)
-    w, v = q[..., 0], q[..., 1:]
-    n = v.norm(dim=-1)
-    # angle / sin(angle / 2) = 2 atan2(n, w) / n, and 2 / w where n is tiny
-    scale = torch.where(n > 1e-6, 2 * torch.atan2(n, w) / n.clamp(min=1e-6), 2 / w.clamp(min=1e-6))
-    return v * scale[..., None]
 
 
 # ------------------------------------------------------------------------------- files
