@@ -12,7 +12,7 @@ the mannequin seen by a simulated detector. Two sets:
   - "clean": the true keypoints (score 1) in a detector box (margins only).
 For each: PA-MPJPE (mm, LSP's 14 joints of HMR19, similarity-aligned per person) of
   (a) the initializer alone, (b) + the default video refinement (10 iterations with a
-  frame's settings, `hmr_fast.infer.people.video.frame_fit_settings`: no torso stage, no
+  frame's settings, `hmr_fast.infer.people.stages.frame_fit_settings`: no torso stage, no
   turned-around try, lr 0.01), (c) the mean start alone, (d) the mean start + the same 10
   iterations; besides, (b) at lr 0.05, the video's setting before the learned start (from a
   start this close, Adam's first steps, about lr on every parameter whatever its gradient,
@@ -42,7 +42,7 @@ from hmr_fast.body import SMPL
 from hmr_fast.fit import FitSettings, KeypointFitter, keypoint_format
 from hmr_fast.fit.initializer import default_initializer, initialize
 from hmr_fast.fit.initializer_training import DetectorNoise, synthetic_people
-from hmr_fast.infer.people.video import frame_fit_settings
+from hmr_fast.infer.people.stages import frame_fit_settings
 from hmr_fast.rotations import rodrigues
 
 COMMAND = "python benchmarks/initializer.py --out benchmarks/results/initializer_2026-12-07.json"

@@ -298,7 +298,7 @@ def _run_command(args) -> dict:
     if args.people == "all":
         from .people.video import PeopleConfig, run_people
 
-        from .people.images import parse_tiles
+        from .people.detector import parse_tiles
 
         tiles = parse_tiles(args.tiles)
         every = args.detect_every

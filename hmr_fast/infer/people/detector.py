@@ -326,6 +326,19 @@ def auto_tiles(height: int, width: int, person_px: Optional[float] = None, overl
     return (1, 1) if rows == cols == 1 else (rows, cols)
 
 
+def parse_tiles(text: str):
+    """--tiles: "auto" or ROWS,COLS."""
+    if text == "auto":
+        return "auto"
+    try:
+        tiles = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        tiles = ()
+    if len(tiles) != 2 or min(tiles) < 1:
+        raise ValueError(f"--tiles must be ROWS,COLS (positive integers) or auto, got {text!r}")
+    return tiles
+
+
 def keypoint_similarity(kp: np.ndarray, boxes: np.ndarray, min_conf: float = 0.3, min_shared: int = 3):
     """(N, N) COCO OKS between people over the keypoints both are confident of (scale: the
     larger box's area, so a half-body cut off by a tile still matches its whole self); 0 where

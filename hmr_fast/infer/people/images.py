@@ -42,9 +42,9 @@ from ..frames import IMAGE_SUFFIXES
 from ..pipeline import SHIPPED_CHECKPOINT
 from ..predictor import Predictor
 from ..writer import ParamsRecorder
+from .detector import parse_tiles
 from .stages import (ROW_FIELDS, START_CHOICES, PeopleFit, crop_boxes, detected_keypoints, draw_people,
-                     hmr_parameters, people_count, person_rows, scene, track_color)
-from .video import frame_fit_settings
+                     frame_fit_settings, hmr_parameters, people_count, person_rows, scene, track_color)
 
 REFINE_CAP = 200  # the most fit iterations per person (a photograph's fit runs to convergence)
 BLOCK = 25  # iterations between convergence checks; the first block runs as a video frame's fit
@@ -198,23 +198,18 @@ def run_images(cfg: ImagesConfig, photos: Optional[PeoplePhotos] = None) -> dict
 
 def pseudo_labels(labelled) -> tuple:
     """(SPIN-style arrays, fits (N, 82)) from [(image path, row)]: see the module docstring."""
-    from hmr_fast.data.keypoints import COCO17_TO_HMR19, hmr19_to_spin24
+    from hmr_fast.data.keypoints import coco17_to_hmr19, hmr19_to_spin24
 
     names, centers, scales, parts, fits = [], [], [], [], []
-    rows19 = np.asarray(COCO17_TO_HMR19)
     for path, row in labelled:
         coco = np.asarray(row["keypoints2d"], np.float64)
         seen = coco[:, 2] >= LABEL_SCORE
         if seen.sum() < MIN_LABELLED:
             continue
-        hmr19 = np.zeros((len(rows19), 3))
-        has = rows19 >= 0
-        hmr19[has, :2] = coco[rows19[has], :2]
-        hmr19[has, 2] = seen[rows19[has]]
         names.append(str(Path(path).resolve()))
         centers.append(row["crop_box"][:2])
         scales.append(row["crop_box"][2] / 200.0)
-        parts.append(hmr19_to_spin24(hmr19))
+        parts.append(hmr19_to_spin24(coco17_to_hmr19(np.c_[coco[:, :2], seen])))
         fits.append(np.concatenate([row["global_orient"], row["body_pose"], row["betas"]]))
     arrays = {"imgname": np.asarray(names, dtype=np.str_), "center": np.asarray(centers).reshape(-1, 2),
               "scale": np.asarray(scales).reshape(-1), "part": np.asarray(parts).reshape(-1, 24, 3)}
@@ -286,19 +281,6 @@ def add_arguments(parser) -> None:
                                                               "tensorrt", "aoti"))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-
-
-def parse_tiles(text: str):
-    """--tiles: "auto" or ROWS,COLS."""
-    if text == "auto":
-        return "auto"
-    try:
-        tiles = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        tiles = ()
-    if len(tiles) != 2 or min(tiles) < 1:
-        raise ValueError(f"--tiles must be ROWS,COLS (positive integers) or auto, got {text!r}")
-    return tiles
 
 
 def run(args) -> int:

@@ -107,6 +107,14 @@ def _as_init(rot_mats, betas, cam) -> dict:
 START_CHOICES = ("auto", "hmr", "learned")
 
 
+def frame_fit_settings(iters: int) -> FitSettings:
+    """A frame's fit: `iters` Adam iterations from the start, no torso stage nor turned-around
+    try (the start has the orientation). lr 0.01: from the learned start, Adam at 0.05 bends
+    the limbs in depth to chase the keypoints' noise (benchmarks/results/initializer_2026-12-07.md:
+    PA-MPJPE 76.0 mm at the start, 82.0 after 10 iterations at 0.05, 74.9 at 0.01)."""
+    return FitSettings(iters=iters, torso_iters=0, try_flip=False, lr=0.01)
+
+
 class PeopleFit:
     """The batched SMPLify fit of the people of a frame to their detected COCO keypoints,
     from the start given (HMR's prediction, or a track's previous frame) and the learned

@@ -38,8 +38,6 @@ from typing import Optional
 import numpy as np
 
 from hmr_fast.devices import cpu_threads, resolve_device, torch_threads
-from hmr_fast.fit import FitSettings
-
 from ..frames import FrameReader
 from ..overlay import draw_keypoints
 from ..predictor import Predictor
@@ -48,7 +46,8 @@ from ..pipeline import (StopSignals, Timer, check_run_limits, close_run, frame_c
                         timing_summary)
 from ..writer import ParamsRecorder, VideoSink
 from .stages import (MIN_KEYPOINT_SCORE, ROW_FIELDS, START_CHOICES, Fitted, PeopleFit, crop_boxes,
-                     detected_keypoints, draw_people, hmr_parameters, people_count, person_rows, scene, track_color)
+                     detected_keypoints, draw_people, frame_fit_settings, hmr_parameters, people_count, person_rows,
+                     scene, track_color)
 
 # the npz's keys: every person's row, and the frame and track it belongs to
 VIDEO_FIELDS = {"frame": ((), np.int64), "track_id": ((), np.int64), **ROW_FIELDS, "followed": ((), np.int64)}
@@ -214,14 +213,6 @@ def _run_people(cfg, predictor, detector, log, threads, stop) -> dict:
     done = max(summary["frames"], 1)
     summary["stage_ms"] = {k: round(1000 * v / done, 1) for k, v in stages.items()}
     return timing_summary(summary, timer, t_start)
-
-
-def frame_fit_settings(iters: int) -> FitSettings:
-    """A frame's fit: `iters` Adam iterations from the start, no torso stage nor turned-around
-    try (the start has the orientation). lr 0.01: from the learned start, Adam at 0.05 bends
-    the limbs in depth to chase the keypoints' noise (benchmarks/results/initializer_2026-12-07.md:
-    PA-MPJPE 76.0 mm at the start, 82.0 after 10 iterations at 0.05, 74.9 at 0.01)."""
-    return FitSettings(iters=iters, torso_iters=0, try_flip=False, lr=0.01)
 
 
 def _hmr_fresh(chunk, tracked, predictor, last_params, stages) -> list:
