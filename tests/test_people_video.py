@@ -165,7 +165,7 @@ def test_the_real_detector_finds_the_crowd(crowd, tmp_path):
     pytest.importorskip("norfair")
     pytest.importorskip("ai_edge_litert.interpreter")
     from hmr_fast.errors import HmrFastError
-    from hmr_fast.infer.people.detector import movenet_weights
+    from hmr_fast.model.movenet_weights import movenet_weights
     from hmr_fast.infer.people.metrics import tracking_report
 
     try:

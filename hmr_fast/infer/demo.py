@@ -145,7 +145,7 @@ def people_unavailable() -> str:
             __import__(module)
         except ImportError:
             return f'{module} is not installed (pip install "hmr_fast[people]")'
-    from .people.detector import movenet_weights
+    from hmr_fast.model.movenet_weights import movenet_weights
 
     try:
         movenet_weights()
