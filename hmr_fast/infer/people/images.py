@@ -3,7 +3,8 @@
     hmr-fast images photos/ more/*.jpg --out results [--checkpoint C] [--refine N]
 
 Each image on its own (no tracking, no smoothing): people and their COCO keypoints from
-MoveNet (tiled automatically for small people), every person's crop through HMR in one
+MoveNet (tiled automatically for small people; each person then looked at again alone for
+their keypoints, `--no-second-look` skips that), every person's crop through HMR in one
 batch, each person's fit started from the better of HMR's prediction and the learned start
 from their keypoints and run to convergence (blocks of 25 iterations until a person's
 objective improves by less than 1%, at most --refine iterations; 0: HMR alone), every mesh
@@ -64,18 +65,19 @@ class PeoplePhotos:
     per person (0: HMR alone). start: "auto" (per person the better of HMR's prediction and
     the learned start from keypoints), "hmr" or "learned". detector / predictor: ready-made
     ones (tests, or to share them); otherwise MoveNet with `tiles`, `min_score`,
-    `detector_size`, and HMR on `device` with `backend` and `precision`."""
+    `detector_size` and `second_look` (each person looked at again alone: their keypoints from
+    that look), and HMR on `device` with `backend` and `precision`."""
 
     def __init__(self, checkpoint=None, refine: int = REFINE_CAP, start: str = "auto", detector=None,
                  predictor=None, device=None, backend: str = "auto", precision: str = "auto",
                  min_score: float = 0.2, tiles="auto", detector_size: int = 256, mesh_faces: int = 0,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, second_look: bool = True):
         if refine < 0:
             raise ValueError(f"--refine must be >= 0, got {refine}")
         if detector is None:
             from .detector import MoveNetMultiPose
             detector = MoveNetMultiPose(None, threads=threads, min_score=min_score, tiles=tiles,
-                                        input_size=detector_size, photos=True)
+                                        input_size=detector_size, photos=True, second_look=second_look)
         if predictor is None:
             predictor = Predictor(str(checkpoint or SHIPPED_CHECKPOINT), backend, device, precision, max_batch=32,
                                   with_vertices=False, threads=threads)
@@ -140,6 +142,7 @@ class ImagesConfig:
     min_score: float = 0.2
     tiles: object = "auto"
     detector_size: int = 256
+    second_look: bool = True
     mesh_faces: int = 0
     save_dataset: bool = False
     progress: bool = True
@@ -168,7 +171,7 @@ def run_images(cfg: ImagesConfig, photos: Optional[PeoplePhotos] = None) -> dict
         if photos is None:
             photos = PeoplePhotos(cfg.checkpoint, cfg.refine, cfg.start, cfg.detector and _detector(cfg, threads),
                                   None, cfg.device, cfg.backend, cfg.precision, cfg.min_score, cfg.tiles,
-                                  cfg.detector_size, cfg.mesh_faces, threads)
+                                  cfg.detector_size, cfg.mesh_faces, threads, cfg.second_look)
         stems: set = set()
         labelled: list = []  # (the image's path, its row), for --save-dataset
         try:
@@ -229,7 +232,7 @@ def save_pseudo_labels(out: Path, labelled) -> int:
 def _detector(cfg: ImagesConfig, threads):
     from .detector import MoveNetMultiPose
     return MoveNetMultiPose(cfg.detector, threads=threads, min_score=cfg.min_score, tiles=cfg.tiles,
-                            input_size=cfg.detector_size, photos=True)
+                            input_size=cfg.detector_size, photos=True, second_look=cfg.second_look)
 
 
 def _unique_stem(stem: str, used: set) -> str:
@@ -273,6 +276,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tiles", default="auto",
                         help="ROWS,COLS detector tiles besides the whole image, or auto (from the image size)")
     parser.add_argument("--detector-size", type=int, default=256, metavar="PX")
+    parser.add_argument("--no-second-look", action="store_true",
+                        help="take each person's keypoints from the detector's first look only (by default each "
+                             "person found is looked at again alone, at the detector's full input)")
     parser.add_argument("--mesh-faces", type=int, default=0, help="faces of the drawn mesh (0: the model's own)")
     parser.add_argument("--save-dataset", action="store_true",
                         help="also write DIR/pseudo_labels.npz (SPIN-style: the detected keypoints as labels) and "
@@ -289,7 +295,7 @@ def run(args) -> int:
             inputs=args.inputs, out=args.out, checkpoint=args.checkpoint, refine=args.refine, start=args.fit_start,
             detector=args.detector, backend=args.backend, device=args.device, precision=args.precision,
             min_score=args.min_score, tiles=parse_tiles(args.tiles), detector_size=args.detector_size,
-            mesh_faces=args.mesh_faces, save_dataset=args.save_dataset))
+            second_look=not args.no_second_look, mesh_faces=args.mesh_faces, save_dataset=args.save_dataset))
     except ValueError as exc:  # an option out of range
         print(f"hmr-fast images: {exc}", file=sys.stderr)
         return 2
