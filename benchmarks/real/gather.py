@@ -13,10 +13,17 @@ COMMIT:path`` and writes
     OUT/crowd/mot_street_night_1080p.mp4   original demo clip (1920x1080)
     OUT/crowd/mot_street_night_720p.mp4    the same frames resized to 1280x720
 
+Photo sources: open-mmlab/mmpose test fixtures (MPII, AIC, MHP, JHMDB,
+PoseTrack18), the Bonn Multi-Person PoseTrack demo video of
+umariqb/PoseTrack-CVPR2017 (3 fixed frames) and a fixed stride sample of the
+Leeds Sports Pose Extended (LSPET) images committed to MiraiLouis/lsp_cpm.
+
 Usage:
     python benchmarks/real/gather.py \
         --mmpose /work/.mirror/open-mmlab+mmpose/repo \
         --mmtracking /work/.mirror/open-mmlab+mmtracking/repo \
+        --bonn-posetrack /work/.mirror/umariqb+PoseTrack-CVPR2017/repo \
+        --lspet /work/.mirror/MiraiLouis+lsp_cpm/repo \
         [--out /work/realdata] [--with-lowlight]
 or  python benchmarks/real/gather.py --paths paths.txt
     where paths.txt has lines "owner/name /path/to/git/dir".
@@ -31,8 +38,10 @@ has one); every other COCO slot is v=0.  Source-only joints (head top, neck,
 thorax, pelvis, belly, PoseTrack head_bottom/head_top) are dropped, but are
 used to derive a box when the source has none.  A source visibility > 0 becomes
 v=2 (visible/labelled) except the COCO-style "1 = labelled but occluded" of
-AI Challenger (as converted by mmpose), which stays 1.  "Visible keypoint" in
-the counts below means v > 0 in the COCO-17 result.
+AI Challenger (as converted by mmpose), which stays 1, and the Bonn PoseTrack
+"is_visible = 0" (labelled, occluded), which becomes 1.  MATLAB-made
+annotations (MPII, Bonn PoseTrack, LSPET) are 1-based: 1 px is subtracted.
+"Visible keypoint" in the counts below means v > 0 in the COCO-17 result.
 
 People with fewer than 5 visible COCO-17 keypoints are not in "annotations";
 they are listed under the extra top-level key "ignored_annotations" (so an
@@ -51,7 +60,12 @@ import numpy as np
 PINS = {
     "open-mmlab/mmpose": "759b39c13fea6ba094afc1fa932f51dc1b11cbf9",
     "open-mmlab/mmtracking": "e79491ec8f0b8c86fda947fbaaa824c66ab2a991",
+    "umariqb/PoseTrack-CVPR2017": "30b0a6d2fae3912240ca0a8cbd71ed3ccabf9229",
+    # the first commit of lsp_cpm holds all 10,000 LSPET images and the original
+    # joints.mat (later commits deleted them)
+    "MiraiLouis/lsp_cpm": "378de0b572247d7a44c7abf5032184e786b0cb17",
 }
+ORIGINAL_SOURCES = ("aic", "jhmdb", "mhp", "mpii", "posetrack18", "exlpose")
 MIN_VISIBLE = 5
 BOX_MARGIN = 0.12  # per side, fraction of the keypoint extent (derived boxes)
 
@@ -72,6 +86,8 @@ JHMDB15 = {5: 4, 6: 3, 7: 8, 8: 7, 9: 12, 10: 11, 11: 6, 12: 5,
            13: 10, 14: 9, 15: 14, 16: 13}        # JHMDB 15 joints (mmpose order)
 EXLPOSE14 = {5: 0, 6: 1, 7: 2, 8: 3, 9: 4, 10: 5, 11: 6, 12: 7,
              13: 8, 14: 9, 15: 10, 16: 11}       # ExLPose 14 joints
+LSP14 = {5: 9, 6: 8, 7: 10, 8: 7, 9: 11, 10: 6, 11: 3, 12: 2,
+         13: 4, 14: 1, 15: 5, 16: 0}             # LSP / LSPET 14 joints
 POSETRACK17 = {0: 0, 3: 3, 4: 4, **{i: i for i in range(5, 17)}}
 # (PoseTrack18 slots 1/2 are head_bottom/head_top, not eyes: dropped)
 
@@ -86,6 +102,16 @@ MMPOSE_PHOTOS = [
 ]
 LOWLIGHT = ("exlpose", "tests/data/exlpose/test_exlpose.json", "tests/data/exlpose/",
             "coco_exlpose", True)
+
+# Bonn Multi-Person PoseTrack (Iqbal et al., CVPR'17): the one video the repo ships
+# (test video 23 of the annolist, 41 frames, 4 people); frames fixed in advance:
+# first, centre (presumably the MPII key frame) and last.
+BONN_ANNOLIST = "data/bonn-multiperson-posetrack/annolist/test/annolist.mat"
+BONN_VIDEO = "060470979"
+BONN_FRAMES = (1, 21, 41)
+# LSPET: every 400th image from im00201 (25 images), fixed by rule, none dropped.
+LSPET_JOINTS = "joints.mat"
+LSPET_IDS = tuple(range(201, 10001, 400))
 
 CROWD_SRC = ("open-mmlab/mmtracking", "demo/demo.mp4")
 
@@ -169,7 +195,8 @@ def collect_mmpose(snap, specs):
                     kps = to_coco17(xy, v, MPII16)
                     people.append(dict(kps=kps, bbox=derive_box(xy, v, w, h), bbox_derived=True,
                                        src_id=f"{img}"))
-                meta = dict(source=tag, repo_path=prefix + img, exhaustive=exhaustive,
+                meta = dict(source=tag, repo=snap.repo, commit=snap.commit,
+                            repo_path=prefix + img, exhaustive=exhaustive,
                             width=w, height=h, note="MPII single-person annotation: other people "
                             "in the image may be unannotated")
                 out.append((f"{tag}_{safe_name(img)}", data, meta, people))
@@ -193,7 +220,8 @@ def collect_mmpose(snap, specs):
                     bx = derive_box(k[:, :2], k[:, 2], w, h)
                 people.append(dict(kps=kps, bbox=[float(b) for b in bx], bbox_derived=derived,
                                    src_id=str(a["id"])))
-            meta = dict(source=tag, repo_path=prefix + im["file_name"], exhaustive=exhaustive,
+            meta = dict(source=tag, repo=snap.repo, commit=snap.commit,
+                        repo_path=prefix + im["file_name"], exhaustive=exhaustive,
                         width=w, height=h)
             if fmt == "coco_posetrack":
                 regs = [[[_r(x), _r(y)] for x, y in zip(xs, ys)]
@@ -206,6 +234,81 @@ def collect_mmpose(snap, specs):
             if fmt == "coco_jhmdb":
                 meta["note"] = "JHMDB: one actor annotated per clip"
             out.append((f"{tag}_{safe_name(im['file_name'])}", data, meta, people))
+    return out
+
+
+def _outside_to_unlabelled(kps, w, h):
+    """Labelled joints outside the image (after the 1-px shift) become v=0; returns
+    how many were changed."""
+    vis = kps[:, 2] > 0
+    out = vis & ((kps[:, 0] < 0) | (kps[:, 1] < 0) | (kps[:, 0] > w - 1) | (kps[:, 1] > h - 1))
+    kps[out] = 0.0
+    return int(out.sum())
+
+
+def _loadmat(data):
+    import io
+    import scipy.io
+    return scipy.io.loadmat(io.BytesIO(data), struct_as_record=False, squeeze_me=True)
+
+
+def collect_bonn(snap):
+    """Bonn Multi-Person PoseTrack: MPII-style annolist (per video: annopoints
+    [person, frame] with point(id 0..15 in MPII order, x, y, is_visible))."""
+    vids = _loadmat(snap.read(BONN_ANNOLIST))["annolist"]
+    vid = [v for v in np.atleast_1d(vids) if str(v.name) == BONN_VIDEO]
+    assert len(vid) == 1, BONN_VIDEO
+    ap = vid[0].annopoints
+    out = []
+    for fr in BONN_FRAMES:
+        path = f"data/bonn-multiperson-posetrack/videos/{BONN_VIDEO}/{fr:05d}.jpg"
+        data = snap.read(path)
+        w, h = image_size(data)
+        people = []
+        for p in range(ap.shape[0]):
+            rec = ap[p, fr - 1]
+            if isinstance(rec, np.ndarray):  # person not annotated in this frame
+                continue
+            xy = np.zeros((16, 2))
+            v = np.zeros(16, int)
+            for q in np.atleast_1d(rec.point):
+                k = int(q.id)
+                xy[k] = float(q.x) - 1.0, float(q.y) - 1.0
+                v[k] = 2 if int(q.is_visible) else 1
+            kps = to_coco17(xy, v, MPII16, keep_v1=True)
+            _outside_to_unlabelled(kps, w, h)
+            people.append(dict(kps=kps, bbox=derive_box(xy, v, w, h), bbox_derived=True,
+                               src_id=f"{BONN_VIDEO}/person{p}/frame{fr}"))
+        meta = dict(source="bonn_posetrack", repo=snap.repo, commit=snap.commit, repo_path=path,
+                    exhaustive=True, width=w, height=h,
+                    note=f"Bonn Multi-Person PoseTrack test video {BONN_VIDEO} frame {fr} of 41: "
+                         "the same 4 people in all 3 frames; occluded joints have v=1")
+        out.append((f"bonn_posetrack_{BONN_VIDEO}_{fr:05d}.jpg", data, meta, people))
+    return out
+
+
+def collect_lspet(snap):
+    """LSPET: joints.mat 'joints' (14, 3, 10000) = x, y, flag (1 labelled, 0 not
+    labelled: those lie outside the image), LSP joint order; one person per image."""
+    joints = _loadmat(snap.read(LSPET_JOINTS))["joints"]
+    assert joints.shape == (14, 3, 10000), joints.shape
+    out = []
+    for n in LSPET_IDS:
+        path = f"images/im{n:05d}.jpg"
+        data = snap.read(path)
+        w, h = image_size(data)
+        j = joints[:, :, n - 1]
+        xy = j[:, :2] - 1.0
+        v = (j[:, 2] > 0).astype(int)
+        kps = to_coco17(xy, v, LSP14)
+        _outside_to_unlabelled(kps, w, h)
+        people = [dict(kps=kps, bbox=derive_box(xy, v, w, h), bbox_derived=True,
+                       src_id=f"joints[:, :, {n - 1}]")]
+        meta = dict(source="lspet", repo=snap.repo, commit=snap.commit, repo_path=path,
+                    exhaustive=False, width=w, height=h,
+                    note="LSPET: one person annotated per image (Amazon Mechanical Turk "
+                         "labels, noisy); other people in the image are unannotated")
+        out.append((f"lspet_im{n:05d}.jpg", data, meta, people))
     return out
 
 
@@ -222,6 +325,10 @@ def build(args):
         paths["open-mmlab/mmpose"] = args.mmpose
     if args.mmtracking:
         paths["open-mmlab/mmtracking"] = args.mmtracking
+    if args.bonn_posetrack:
+        paths["umariqb/PoseTrack-CVPR2017"] = args.bonn_posetrack
+    if args.lspet:
+        paths["MiraiLouis/lsp_cpm"] = args.lspet
     for repo in PINS:
         if repo not in paths:
             sys.exit(f"need a snapshot path for {repo}")
@@ -234,7 +341,13 @@ def build(args):
 
     specs = list(MMPOSE_PHOTOS) + ([LOWLIGHT] if args.with_lowlight else [])
     items = collect_mmpose(snaps["open-mmlab/mmpose"], specs)
-    items.sort(key=lambda t: t[0])
+    items += collect_bonn(snaps["umariqb/PoseTrack-CVPR2017"])
+    items += collect_lspet(snaps["MiraiLouis/lsp_cpm"])
+    # ids: the original mmpose images keep ids 1..16 (1..18 with --with-lowlight) in
+    # file-name order, as before this set grew; the added sources follow in file-name
+    # order.  frame_index is the position in file-name order over all images.
+    items.sort(key=lambda t: (t[2]["source"] not in ORIGINAL_SOURCES, t[0]))
+    frame_of = {n: i for i, n in enumerate(sorted(t[0] for t in items))}
     names = [t[0] for t in items]
     assert len(set(names)) == len(names)
     for n in names:  # exclusion guard: no COCO-style names
@@ -247,8 +360,8 @@ def build(args):
         with open(os.path.join(photos, fname), "wb") as f:
             f.write(data)
         entry = dict(id=img_id, file_name=fname, width=meta["width"], height=meta["height"],
-                     frame_index=img_id - 1, source=meta["source"],
-                     source_repo="open-mmlab/mmpose", source_commit=snaps["open-mmlab/mmpose"].commit,
+                     frame_index=frame_of[fname], source=meta["source"],
+                     source_repo=meta["repo"], source_commit=meta["commit"],
                      source_path=meta["repo_path"], exhaustive=meta["exhaustive"],
                      sha256=hashlib.sha256(data).hexdigest())
         for k in ("lowlight", "ignore_regions", "note"):
@@ -316,6 +429,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mmpose", help="git dir of open-mmlab/mmpose")
     ap.add_argument("--mmtracking", help="git dir of open-mmlab/mmtracking")
+    ap.add_argument("--bonn-posetrack", help="git dir of umariqb/PoseTrack-CVPR2017")
+    ap.add_argument("--lspet", help="git dir of MiraiLouis/lsp_cpm (LSPET images)")
     ap.add_argument("--paths", help="file with lines 'owner/name GITDIR'")
     ap.add_argument("--out", default="/work/realdata")
     ap.add_argument("--with-lowlight", action="store_true",
