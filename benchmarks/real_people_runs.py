@@ -8,12 +8,13 @@ from, its licence, and gather.py, which rebuilds the folder from the source snap
 never used for training or tuning. Runs, each scored by benchmarks/real_people.py (recall at
 box IoU >= 0.5 over people with >= 5 visible keypoints; PCK@0.1 / 0.05 of the box's longer
 side over their visible keypoints):
-  1. `hmr-fast images PHOTOS --out DIR` (default flags), and with --refine 0 (HMR alone)
-     and --fit-start hmr (the fit from HMR's prediction, not the learned start);
+  1. `hmr-fast images PHOTOS --out DIR` (default flags), and with --refine 0 (HMR alone),
+     --fit-start hmr (the fit from HMR's prediction, not the learned start) and
+     --no-second-look (each person's keypoints from the detector's first look);
   2. `hmr-fast video PHOTOS --people all` (default flags: the photos as a video's frames);
   3. `hmr-fast video CROWD --people all` (default flags): people per frame from the first
      frame on, track continuity (the share of a frame's tracks also in the next frame), FPS.
-Writes the JSON and a markdown table beside it.
+Writes the JSON and a markdown table beside it, with the default run split by source.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT  # noqa: E402
 def score(annotations, npz, video: bool) -> dict:
     images, people, ignored = real_people.load_annotations(annotations)
     dets, _, _ = real_people.load_results(npz, video, images, 0.0)
-    return real_people.evaluate(images, people, ignored, dets)["overall"]
+    result = real_people.evaluate(images, people, ignored, dets)
+    return {**result["overall"], "by_source": result["by_source"]}
 
 
 def continuity(npz) -> dict:
@@ -66,20 +68,21 @@ def main(argv=None) -> None:
     report = {"machine": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
               "load_average_at_start": os.getloadavg()[0], "photos": {}, "command": " ".join(sys.argv)}
     for name, options in (("images, default flags", {}), ("images --refine 0 (HMR alone)", {"refine": 0}),
-                          ("images --fit-start hmr", {"start": "hmr"})):
-        out = work / name.split(",")[0].replace(" ", "_").replace("-", "")
+                          ("images --fit-start hmr", {"start": "hmr"}),
+                          ("images --no-second-look", {"second_look": False})):
+        out = work / name.split(",")[0].replace(" ", "_").replace("-", "").replace("(", "").replace(")", "")
         t0 = time.perf_counter()
         summary = run_images(ImagesConfig(inputs=[args.photos], out=str(out), progress=False, **options))
         entry = {**score(annotations, out / "people.npz", False), "seconds": round(time.perf_counter() - t0, 1),
                  "images": summary["images"]}
         report["photos"][name] = entry
-        print(name, json.dumps(entry), flush=True)
+        print(name, json.dumps({k: v for k, v in entry.items() if k != "by_source"}), flush=True)
     npz = work / "video_photos.npz"
     summary = run_people(PeopleConfig(input=args.photos, out=str(work / "video_photos.mp4"), save_params=str(npz),
                                       checkpoint=str(SHIPPED_CHECKPOINT), progress=False), log=lambda *a: None)
     entry = {**score(annotations, npz, True), "fps": summary["fps"], "stage_ms": summary["stage_ms"]}
     report["photos"]["video --people all, default flags"] = entry
-    print("video", json.dumps(entry), flush=True)
+    print("video", json.dumps({k: v for k, v in entry.items() if k != "by_source"}), flush=True)
     npz = work / "crowd.npz"
     summary = run_people(PeopleConfig(input=args.crowd, out=str(work / "crowd.mp4"), save_params=str(npz),
                                       checkpoint=str(SHIPPED_CHECKPOINT), progress=False), log=lambda *a: None)
@@ -100,6 +103,13 @@ def main(argv=None) -> None:
         lines.append(f"| {name} | {r['recall']:.3f} ({r['matched']}/{r['people']}) | {r['precision']:.3f} | "
                      f"{r['pck@0.1_keypoints2d']:.3f} | {r['pck@0.05_keypoints2d']:.3f} | "
                      f"{r['pck@0.1_keypoints2d_fit']:.3f} | {r['pck@0.05_keypoints2d_fit']:.3f} |")
+    lines += ["", "The default `images` run by source (benchmarks/real/MANIFEST.md):", "",
+              "| source | people | recall | PCK@0.1 detector | PCK@0.05 detector | PCK@0.1 fit | PCK@0.05 fit |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for source, r in report["photos"]["images, default flags"]["by_source"].items():
+        lines.append(f"| {source} | {r['people']} | {r['recall']:.3f} | {r['pck@0.1_keypoints2d']:.3f} | "
+                     f"{r['pck@0.05_keypoints2d']:.3f} | {r['pck@0.1_keypoints2d_fit']:.3f} | "
+                     f"{r['pck@0.05_keypoints2d_fit']:.3f} |")
     c = report["crowd"]
     lines += ["", f"A real crowd ({c['input']}, {c['frames']} frames): people per frame {c['people_per_frame']} "
               f"({c['first_frame_people']} in the first frame), track continuity between consecutive frames "
