@@ -1,7 +1,7 @@
 """Every person in photographs and videos: one place for the people pipeline.
 
-    detector.py  people and their COCO keypoints (MoveNet MultiPose, tiled for crowds;
-                 optical flow between detections)
+    detector.py  people and their COCO keypoints (MoveNet MultiPose, tiled for crowds, a
+                 second look at each person alone; optical flow between detections)
     tracking.py  who is who from frame to frame (videos)
     stages.py    what photos and videos share, person by person: crops, HMR, the fit's
                  start (HMR's or the learned one from keypoints), the fit, the drawn meshes,
