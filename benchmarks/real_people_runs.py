@@ -10,7 +10,7 @@ box IoU >= 0.5 over people with >= 5 visible keypoints; PCK@0.1 / 0.05 of the bo
 side over their visible keypoints):
   1. `hmr-fast images PHOTOS --out DIR` (default flags), and with --refine 0 (HMR alone),
      --fit-start hmr (the fit from HMR's prediction, not the learned start) and
-     --no-second-look (each person's keypoints from the detector's first look);
+     --second-look off (each person's keypoints from the detector's first look);
   2. `hmr-fast video PHOTOS --people all` (default flags: the photos as a video's frames);
   3. `hmr-fast video CROWD --people all` (default flags): people per frame from the first
      frame on, track continuity (the share of a frame's tracks also in the next frame), FPS.
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
               "load_average_at_start": os.getloadavg()[0], "photos": {}, "command": " ".join(sys.argv)}
     for name, options in (("images, default flags", {}), ("images --refine 0 (HMR alone)", {"refine": 0}),
                           ("images --fit-start hmr", {"start": "hmr"}),
-                          ("images --no-second-look", {"second_look": False})):
+                          ("images --second-look off", {"second_look": False})):
         out = work / name.split(",")[0].replace(" ", "_").replace("-", "").replace("(", "").replace(")", "")
         t0 = time.perf_counter()
         summary = run_images(ImagesConfig(inputs=[args.photos], out=str(out), progress=False, **options))

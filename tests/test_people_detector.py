@@ -260,6 +260,7 @@ class BlobModel(MoveNetMultiPose):
     def __init__(self, **kw):
         self._configure(kw.get("min_score", 0.2), kw.get("input_size", 256), kw.get("tiles", (1, 1)), 0.2)
         self.second_look = kw.get("second_look", False)
+        self.photos = False
         self.calls = []
 
     def _infer(self, padded):
@@ -313,6 +314,25 @@ def test_second_look_maps_its_crop_back_to_frame_pixels(h, w, centre, sigma):
     crop_h = max(det[0].box[3] - det[0].box[1], (det[0].box[2] - det[0].box[0]) * 4 / 3) * 1.4
     np.testing.assert_allclose(det[0].keypoints[:, :2], np.tile(centre, (17, 1)), atol=0.05 * crop_h / 256 + 0.02)
     np.testing.assert_array_equal(det[0].box, first.box)  # the box is the first look's
+
+
+def test_second_look_auto_looks_again_where_a_scene_starts():
+    """second_look="auto": on the first frame and after a cut, not in the frames between; a
+    photos detector on every call."""
+    first, other = _blobs(360, 640, [(500.0, 100.0)], 6.0), _blobs(360, 640, [(80.0, 300.0)], 6.0)
+    model = BlobModel(second_look="auto")
+    calls = []
+    for frame in (first, first, first, other, other):
+        model(frame)
+        calls.append(model.last_calls)
+    assert calls == [2, 1, 1, 2, 1]
+    photos = BlobModel(second_look="auto")
+    photos.photos = True
+    photos(first)
+    photos(first)
+    assert photos.last_calls == 2
+    with pytest.raises(UsageError):
+        MoveNetMultiPose(b"", second_look="sometimes")
 
 
 def test_second_look_skips_people_the_whole_frame_shows_large():
@@ -515,6 +535,7 @@ def test_auto_tiling_follows_the_people_found(height):
     detector = MoveNetMultiPose.__new__(MoveNetMultiPose)
     detector._configure(0.2, 256, "auto", 0.2)
     detector.photos = False
+    detector.second_look = False
 
     def fake_run(rgb, offset=(0, 0)):  # one person `height` px tall, seen by the whole frame only
         if offset != (0, 0) or not height:

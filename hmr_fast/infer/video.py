@@ -43,6 +43,8 @@ from .smoothing import ParameterSmoother
 from .tracking import KeypointTracker, MotionDetector, pick_detection
 from .writer import ParamsRecorder, VideoSink
 
+SECOND_LOOK = {"auto": "auto", "on": True, "off": False}  # --second-look -> MoveNetMultiPose(second_look=)
+
 DETECTORS = ("none", "motion")
 
 
@@ -273,9 +275,10 @@ def add_arguments(parser) -> None:
                         help="--people all: run the detector on every N-th frame and follow people by optical "
                              "flow in between; auto (default): from the detector's tiles (every 4th frame on "
                              "3,4 tiles, every frame without tiles)")
-    parser.add_argument("--no-second-look", action="store_true",
-                        help="--people all: take each person's keypoints from the detector's first look only (by "
-                             "default each person found is looked at again alone, at the detector's full input)")
+    parser.add_argument("--second-look", default="auto", choices=("auto", "on", "off"),
+                        help="--people all: look at each person found again alone, at the detector's full input, "
+                             "for their keypoints: on a scene's first frame (auto, default: the first, after a cut, "
+                             "each image of a folder), at every detection (on), or never (off)")
     parser.add_argument("--fit-start", default="auto", choices=("auto", "hmr", "learned"),
                         help="--people all: the fit's start, per person the better of HMR's and the learned one "
                              "from the keypoints (auto), or one of them")
@@ -315,7 +318,7 @@ def _run_command(args) -> dict:
             input=args.input, out=args.out, checkpoint=checkpoint, save_params=args.save_params, detector=detector,
             backend=args.backend, device=args.device, precision=args.precision, max_frames=args.max_frames,
             batch=args.batch, refine=args.refine, min_score=args.min_score, tiles=tiles, detect_every=every,
-            detector_size=args.detector_size, second_look=not args.no_second_look, start=args.fit_start,
+            detector_size=args.detector_size, second_look=SECOND_LOOK[args.second_look], start=args.fit_start,
             mesh_faces=args.mesh_faces, smooth=not args.no_smooth, fps=args.fps))
     detector = args.detector or "none"
     if detector not in DETECTORS:

@@ -4,7 +4,7 @@
 
 Each image on its own (no tracking, no smoothing): people and their COCO keypoints from
 MoveNet (tiled automatically for small people; each person then looked at again alone for
-their keypoints, `--no-second-look` skips that), every person's crop through HMR in one
+their keypoints, `--second-look off` skips that), every person's crop through HMR in one
 batch, each person's fit started from the better of HMR's prediction and the learned start
 from their keypoints and run to convergence (blocks of 25 iterations until a person's
 objective improves by less than 1%, at most --refine iterations; 0: HMR alone), every mesh
@@ -276,9 +276,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tiles", default="auto",
                         help="ROWS,COLS detector tiles besides the whole image, or auto (from the image size)")
     parser.add_argument("--detector-size", type=int, default=256, metavar="PX")
-    parser.add_argument("--no-second-look", action="store_true",
-                        help="take each person's keypoints from the detector's first look only (by default each "
-                             "person found is looked at again alone, at the detector's full input)")
+    parser.add_argument("--second-look", default="on", choices=("on", "off"),
+                        help="look at each person found again alone, at the detector's full input, for their "
+                             "keypoints (default on)")
     parser.add_argument("--mesh-faces", type=int, default=0, help="faces of the drawn mesh (0: the model's own)")
     parser.add_argument("--save-dataset", action="store_true",
                         help="also write DIR/pseudo_labels.npz (SPIN-style: the detected keypoints as labels) and "
@@ -295,7 +295,7 @@ def run(args) -> int:
             inputs=args.inputs, out=args.out, checkpoint=args.checkpoint, refine=args.refine, start=args.fit_start,
             detector=args.detector, backend=args.backend, device=args.device, precision=args.precision,
             min_score=args.min_score, tiles=parse_tiles(args.tiles), detector_size=args.detector_size,
-            second_look=not args.no_second_look, mesh_faces=args.mesh_faces, save_dataset=args.save_dataset))
+            second_look=args.second_look == "on", mesh_faces=args.mesh_faces, save_dataset=args.save_dataset))
     except ValueError as exc:  # an option out of range
         print(f"hmr-fast images: {exc}", file=sys.stderr)
         return 2

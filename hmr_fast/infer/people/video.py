@@ -6,7 +6,8 @@ Per frame:
 1. people and their 17 COCO keypoints from a learned detector (MoveNet MultiPose,
    detector.py; --detector PATH takes a local copy of its weights), on tiles chosen from the
    frame's size and the people found (--tiles auto), each person found then looked at again
-   alone for their keypoints (--no-second-look skips that); with --detect-every N (auto: from
+   alone for their keypoints on a scene's first frame (--second-look auto|on|off); with
+   --detect-every N (auto: from
    the model calls of the last detection) it runs on every N-th frame and the people it found are followed by optical flow
    in between (`DetectEvery`);
 2. identities across frames (norfair's tracker on the keypoints, tracking.py), a person
@@ -73,7 +74,7 @@ class PeopleConfig:
     tiles: object = "auto"  # detector tiles (rows, cols) besides the whole frame, for crowds; or "auto"
     detector_size: int = 256  # the longer side of each detector input (192: 40% less time on tiles)
     detect_every: object = "auto"  # the detector on every N-th frame (optical flow between); or "auto"
-    second_look: bool = True  # each person found looked at again alone for their keypoints (detector.look_again)
+    second_look: object = "auto"  # each person looked at again alone for their keypoints: "auto" (a scene's first frame), True, False
     start: str = "auto"  # the fit's start: "auto" (HMR's or the learned one, the better), "hmr", "learned"
     mesh_faces: int = 3000  # faces of the drawn (simplified) mesh; 0: the model's own
     smooth: bool = True
