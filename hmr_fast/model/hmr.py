@@ -9,6 +9,7 @@ from torch import nn
 
 from hmr_fast.body import SMPL
 from hmr_fast.camera import project_weak_perspective
+from hmr_fast.errors import UsageError
 
 from .encoder import Encoder
 from .regressor import REGRESSORS, IEFRegressor, SpinRegressor
@@ -44,6 +45,9 @@ class HMR(nn.Module):
         super().__init__()
         if regressor not in REGRESSORS:
             raise ValueError(f"regressor must be one of {REGRESSORS}, got {regressor!r}")
+        if backbone == "movenet" and (img_size <= 0 or img_size % 32):
+            raise UsageError(f"model.img_size: backbone 'movenet' takes crops whose side is a multiple of 32, "
+                             f"got {img_size}")
         if regressor == "spin" and pose_repr != "6d":
             raise ValueError(f"regressor 'spin' predicts 6D rotations: pose_repr must be '6d', got {pose_repr!r}")
         self.config = dict(backbone=backbone, pose_repr=pose_repr, ief_iters=ief_iters, img_size=img_size,
