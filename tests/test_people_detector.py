@@ -605,6 +605,29 @@ def test_detect_every_looks_again_after_a_cut():
     assert [auto(scenes[0])[0].followed for _ in range(3)] == [False] * 3
 
 
+def test_detect_every_looks_again_where_the_flow_loses_most_keypoints():
+    """Frames of one scene far apart (the image jumps by more than the flow's reach, so the
+    grey thumbnails still correlate): most keypoints fail the forward-backward check, and
+    the frame is detected afresh instead of followed; a small step is still followed."""
+    from hmr_fast.infer.people.detector import DetectEvery, same_scene
+
+    rng = np.random.default_rng(8)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8), (5, 5), 1.5)
+    # fine detail for the flow over a vertical gradient that the grey thumbnails see
+    texture = (np.linspace(0, 180, 360)[:, None, None] + 0.3 * texture).clip(0, 255).astype(np.uint8)
+    inner = _CountingDetector(rng.uniform([150, 100], [330, 260], (17, 2)))
+    follow = DetectEvery(inner, every=6)
+
+    def shifted(dx):
+        return cv2.warpAffine(texture, np.float32([[1, 0, dx], [0, 1, 0]]), (480, 360), borderMode=cv2.BORDER_REFLECT)
+
+    frames = [shifted(0), shifted(2), shifted(152), shifted(154)]
+    gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames]
+    assert same_scene(gray[1], gray[2]) > 0.3  # the scene test alone would follow across the jump
+    followed = [follow(frame)[0].followed for frame in frames]
+    assert followed == [False, True, False, True] and inner.calls == 2
+
+
 def test_followed_keypoint_the_flow_loses_moves_with_its_person():
     from hmr_fast.infer.people.detector import DetectEvery
 

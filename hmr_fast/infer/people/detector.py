@@ -60,6 +60,10 @@ MAX_AUTO_EVERY = 6
 # Between detections: a frame whose small grey image correlates less than this with the
 # previous one's is another scene (a cut, a folder of photos): detect again
 MIN_SCENE_CORRELATION = 0.3  # (a blurred-noise texture moved 3 px: 0.45; unrelated: ~0)
+# ... and a frame where the optical flow keeps fewer than this share of the people's confident
+# keypoints (the forward-backward check fails: a jump the scene test misses, such as frames of
+# one scene seconds apart) is detected again rather than followed
+MIN_FOLLOWED = 0.5
 # The second look (`MoveNetMultiPose.look_again`): the crop around a person's box grows by this
 # fraction of the box's longer side on every side (context for the model), and a crop at least
 # this fraction of the frame's longer side is not looked at again (the whole frame saw it so)
@@ -424,7 +428,8 @@ class DetectEvery:
     next one comes when the detector's model calls (its `last_calls`: 1 + its tiles) average
     AUTO_CALLS_PER_FRAME per frame, at most every MAX_AUTO_EVERY frames. A frame of another
     scene (`same_scene` below MIN_SCENE_CORRELATION: a cut, a folder of photos) is detected
-    afresh."""
+    afresh, and so is one where the flow keeps fewer than MIN_FOLLOWED of the people's confident
+    keypoints (a jump: frames of one scene far apart)."""
 
     def __init__(self, detector, every, window: int = 21, levels: int = 3, max_return: float = 1.0):
         if every != "auto" and int(every) < 1:
@@ -443,7 +448,10 @@ class DetectEvery:
         due = self._wait <= 0 or self._gray is None or self._gray.shape != gray.shape
         due = due or same_scene(self._gray, gray) < MIN_SCENE_CORRELATION
         if not due and self._last:
-            self._last = self._follow(self._gray, gray, self._last)
+            followed, kept = self._follow(self._gray, gray, self._last)
+            due = kept < MIN_FOLLOWED
+            if not due:
+                self._last = followed
         if due:
             self._last = self.detector(frame_bgr)
             self._wait = self._interval()
@@ -457,7 +465,8 @@ class DetectEvery:
         calls = getattr(self.detector, "last_calls", 1) or 1
         return int(min(MAX_AUTO_EVERY, max(1, math.ceil(calls / AUTO_CALLS_PER_FRAME))))
 
-    def _follow(self, before: np.ndarray, now: np.ndarray, people: list) -> list:
+    def _follow(self, before: np.ndarray, now: np.ndarray, people: list) -> tuple:
+        """(the people moved with the image, the share of their confident keypoints the flow kept)."""
         start = np.concatenate([p.keypoints[:, :2] for p in people]).astype(np.float32).reshape(-1, 1, 2)
         moved, ok, _ = cv2.calcOpticalFlowPyrLK(before, now, start, None, **self._flow)
         # forward-backward check: a point that the flow back does not return to its start
@@ -466,6 +475,8 @@ class DetectEvery:
         returned = np.linalg.norm(back - start, axis=-1).reshape(len(people), NUM_KEYPOINTS) < self.max_return
         moved = moved.reshape(len(people), NUM_KEYPOINTS, 2).astype(np.float64)
         ok = (ok & ok_back).reshape(len(people), NUM_KEYPOINTS).astype(bool) & returned & np.isfinite(moved).all(-1)
+        confident = np.stack([p.keypoints[:, 2] >= 0.3 for p in people])
+        kept = float(ok[confident].mean()) if confident.any() else 1.0
         out = []
         for person, xy, good in zip(people, moved, ok):
             step = np.median(xy[good] - person.keypoints[good, :2], 0) if good.any() else np.zeros(2)
@@ -474,4 +485,4 @@ class DetectEvery:
             keypoints[~good, 2] *= 0.5
             out.append(PersonDetection(box=person.box + np.tile(step, 2), score=person.score,
                                        keypoints=keypoints, followed=True))
-        return out
+        return out, kept
