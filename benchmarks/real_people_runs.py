@@ -60,40 +60,46 @@ def continuity(npz) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", required=True, help="the folder with the photos and annotations.json")
-    parser.add_argument("--crowd", required=True, help="a real crowd video")
+    parser.add_argument("--crowd", default=None, help="a real crowd video (none: the photos only)")
+    parser.add_argument("--checkpoint", default=None, help="the HMR checkpoint (default: the shipped one)")
     parser.add_argument("--out", default="benchmarks/results/real_people_2026-12-07.json")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="real_people_"))
     annotations = Path(args.photos) / "annotations.json"
+    checkpoint = args.checkpoint or str(SHIPPED_CHECKPOINT)
     report = {"machine": platform.platform(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+              "checkpoint": checkpoint,
               "load_average_at_start": os.getloadavg()[0], "photos": {}, "command": " ".join(sys.argv)}
     for name, options in (("images, default flags", {}), ("images --refine 0 (HMR alone)", {"refine": 0}),
                           ("images --fit-start hmr", {"start": "hmr"}),
                           ("images --second-look off", {"second_look": False})):
         out = work / name.split(",")[0].replace(" ", "_").replace("-", "").replace("(", "").replace(")", "")
         t0 = time.perf_counter()
-        summary = run_images(ImagesConfig(inputs=[args.photos], out=str(out), progress=False, **options))
+        summary = run_images(ImagesConfig(inputs=[args.photos], out=str(out), progress=False,
+                                          checkpoint=args.checkpoint, **options))
         entry = {**score(annotations, out / "people.npz", False), "seconds": round(time.perf_counter() - t0, 1),
                  "images": summary["images"]}
         report["photos"][name] = entry
         print(name, json.dumps({k: v for k, v in entry.items() if k != "by_source"}), flush=True)
     npz = work / "video_photos.npz"
     summary = run_people(PeopleConfig(input=args.photos, out=str(work / "video_photos.mp4"), save_params=str(npz),
-                                      checkpoint=str(SHIPPED_CHECKPOINT), progress=False), log=lambda *a: None)
+                                      checkpoint=checkpoint, progress=False), log=lambda *a: None)
     entry = {**score(annotations, npz, True), "fps": summary["fps"], "stage_ms": summary["stage_ms"]}
     report["photos"]["video --people all, default flags"] = entry
     print("video", json.dumps({k: v for k, v in entry.items() if k != "by_source"}), flush=True)
-    npz = work / "crowd.npz"
-    summary = run_people(PeopleConfig(input=args.crowd, out=str(work / "crowd.mp4"), save_params=str(npz),
-                                      checkpoint=str(SHIPPED_CHECKPOINT), progress=False), log=lambda *a: None)
-    report["crowd"] = {"input": Path(args.crowd).name, "frames": summary["frames"], "fps": summary["fps"],
-                       "stage_ms": summary["stage_ms"], "tracks": summary["tracks"], **continuity(npz)}
-    print("crowd", json.dumps(report["crowd"]), flush=True)
+    if args.crowd:
+        npz = work / "crowd.npz"
+        summary = run_people(PeopleConfig(input=args.crowd, out=str(work / "crowd.mp4"), save_params=str(npz),
+                                          checkpoint=checkpoint, progress=False), log=lambda *a: None)
+        report["crowd"] = {"input": Path(args.crowd).name, "frames": summary["frames"], "fps": summary["fps"],
+                           "stage_ms": summary["stage_ms"], "tracks": summary["tracks"], **continuity(npz)}
+        print("crowd", json.dumps(report["crowd"]), flush=True)
     report["load_average_at_end"] = os.getloadavg()[0]
     out = Path(args.out)
     out.write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# Every person on real material, default flags ({report['machine']}, torch {report['torch']}; "
              f"load average {report['load_average_at_start']:.2f} at the start, "
+             f"checkpoint {Path(checkpoint).name}, "
              f"{report['load_average_at_end']:.2f} at the end)", "", f"`{report['command']}`", "",
              "Held-out photographs (benchmarks/real/MANIFEST.md); recall over people with >= 5 visible keypoints "
              "(box IoU >= 0.5), PCK of the box's longer side over their visible keypoints.", "",
@@ -110,8 +116,8 @@ def main(argv=None) -> None:
         lines.append(f"| {source} | {r['people']} | {r['recall']:.3f} | {r['pck@0.1_keypoints2d']:.3f} | "
                      f"{r['pck@0.05_keypoints2d']:.3f} | {r['pck@0.1_keypoints2d_fit']:.3f} | "
                      f"{r['pck@0.05_keypoints2d_fit']:.3f} |")
-    c = report["crowd"]
-    lines += ["", f"A real crowd ({c['input']}, {c['frames']} frames): people per frame {c['people_per_frame']} "
+    c = report.get("crowd")
+    lines += [] if c is None else ["", f"A real crowd ({c['input']}, {c['frames']} frames): people per frame {c['people_per_frame']} "
               f"({c['first_frame_people']} in the first frame), track continuity between consecutive frames "
               f"{c['continuity_mean']:.2f} mean ({c['continuity_min']:.2f} lowest), {c['tracks']} tracks, "
               f"{c['fps']:.1f} FPS; ms per frame: " + ", ".join(f"{k} {v:.0f}" for k, v in c["stage_ms"].items())]
