@@ -99,13 +99,18 @@ def test_every_person_is_tracked_meshed_and_fitted(crowd, tmp_path):
     assert error < 0.05 * box_height and error < 0.7 * hmr_error, (error, hmr_error, box_height)
 
 
-def test_detecting_every_third_frame_follows_people_between(crowd, tmp_path):
+def test_detecting_every_third_frame_follows_people_between(crowd, tmp_path, monkeypatch):
     """--detect-every 3: the detector runs on frames 0, 3, 6, ...; optical flow carries its
     people through the frames between, where HMR does not run and the fit starts from the
-    person's previous frame; the fitted keypoints stay on the true ones."""
+    person's previous frame; the fitted keypoints stay on the true ones. (The check that
+    detects again where the flow loses most keypoints, which people crossing here trigger on a
+    few frames, is off: tests/test_people_detector.py tests it.)"""
     pytest.importorskip("norfair")
     from hmr_fast.infer import Predictor
+    from hmr_fast.infer.people import detector
     from hmr_fast.infer.pipeline import SHIPPED_CHECKPOINT
+
+    monkeypatch.setattr(detector, "MIN_FOLLOWED", 0.0)
 
     crowd_dir, gt = crowd
     predictor = Predictor(SHIPPED_CHECKPOINT, "torch", "cpu")

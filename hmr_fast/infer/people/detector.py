@@ -62,7 +62,8 @@ MAX_AUTO_EVERY = 6
 MIN_SCENE_CORRELATION = 0.3  # (a blurred-noise texture moved 3 px: 0.45; unrelated: ~0)
 # ... and a frame where the optical flow keeps fewer than this share of the people's confident
 # keypoints (the forward-backward check fails: a jump the scene test misses, such as frames of
-# one scene seconds apart) is detected again rather than followed
+# one scene seconds apart; also people passing in front of each other, on the rendered crowds,
+# a few frames each) is detected again rather than followed
 MIN_FOLLOWED = 0.5
 # The second look (`MoveNetMultiPose.look_again`): the crop around a person's box grows by this
 # fraction of the box's longer side on every side (context for the model), and a crop at least
